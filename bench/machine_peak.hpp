@@ -17,13 +17,16 @@
 
 namespace kern::bench {
 
-// Enough independent accumulators to cover FMA latency x FMA ports on current x86 cores (4 x 2)
-// with room to spare; fewer would measure latency, not throughput.
-inline constexpr int fma_chains = 16;
+// Independent accumulators: at least FMA latency x FMA ports on current x86 cores (4 x 2) so that
+// the FMA units, not the latency, limit the rate; few enough to stay in registers (AVX-512 has 32
+// vector registers, AVX2 16, and two hold the operands).
+inline constexpr int fma_chains_avx512 = 16;
+inline constexpr int fma_chains_avx2 = 12;
 
 // Runs `iterations` rounds of fma_chains FMAs on one thread; returns a value that depends on all of
 // them so that nothing is optimized away. `scale` and `offset` come from outside (1 and 0).
 __attribute__((target("avx512f"))) inline float fma_rounds_avx512(std::int64_t iterations, float scale, float offset) {
+  constexpr int fma_chains = fma_chains_avx512;
   __m512 acc[fma_chains];
   for (int k = 0; k < fma_chains; ++k) {
     acc[k] = _mm512_set1_ps(static_cast<float>(k));
@@ -49,6 +52,7 @@ __attribute__((target("avx512f"))) inline float fma_rounds_avx512(std::int64_t i
 }
 
 __attribute__((target("avx2,fma"))) inline float fma_rounds_avx2(std::int64_t iterations, float scale, float offset) {
+  constexpr int fma_chains = fma_chains_avx2;
   __m256 acc[fma_chains];
   for (int k = 0; k < fma_chains; ++k) {
     acc[k] = _mm256_set1_ps(static_cast<float>(k));
@@ -70,7 +74,10 @@ __attribute__((target("avx2,fma"))) inline float fma_rounds_avx2(std::int64_t it
 
 enum class fma_width { avx512, avx2 };
 
-inline int lanes(fma_width width) { return width == fma_width::avx512 ? 16 : 8; }
+// fp32 flops of one round: two per lane per FMA, over all chains.
+inline double flops_per_round(fma_width width) {
+  return width == fma_width::avx512 ? 2.0 * 16 * fma_chains_avx512 : 2.0 * 8 * fma_chains_avx2;
+}
 
 inline bool supported(fma_width width) {
   return kern::cpu::info().detected >= (width == fma_width::avx512 ? cpu::isa::avx512 : cpu::isa::avx2);
@@ -87,7 +94,7 @@ inline double fma_gflops(fma_width width, int threads, std::int64_t iterations) 
     sink = width == fma_width::avx512 ? fma_rounds_avx512(iterations, s, o) : fma_rounds_avx2(iterations, s, o);
   });
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const double flops = 2.0 * lanes(width) * fma_chains * static_cast<double>(iterations) * threads;
+  const double flops = flops_per_round(width) * static_cast<double>(iterations) * threads;
   return flops / seconds * 1e-9;
 }
 

@@ -18,7 +18,7 @@ void fma_peak(benchmark::State& state, fma_width width) {
     gflops = fma_gflops(width, threads, rounds);
   }
   benchmark::DoNotOptimize(gflops);
-  report_flops(state, 2.0 * lanes(width) * fma_chains * rounds * threads);
+  report_flops(state, flops_per_round(width) * rounds * threads);
 }
 
 void triad(benchmark::State& state) {

@@ -349,8 +349,10 @@ def write_plot(rows: list[Row], impls: list[str], title: str, path: str) -> None
     for ax, ((family, dtype, metric), group) in zip(axes[:, 0], groups.items()):
         draw_group(ax, group, impls)
         ax.set_title(f"{family} · {dtype} · {metric.unit}")
-    fig.suptitle(title, fontsize="x-large")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))  # keep room for the title
+    # Lay the subplots out below a fixed 0.5 inch band, then put the title there
+    # (set after tight_layout, which handles suptitle unreliably).
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))
+    fig.suptitle(title, fontsize="x-large", y=1 - 0.1 / height, va="top")
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
