@@ -5,12 +5,22 @@ add_library(kern_warnings INTERFACE)
 target_compile_options(kern_warnings INTERFACE
   $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Werror>)
 
-# kern_add_test(NAME source... [LIBS lib...]): one GoogleTest program, its tests discovered by ctest.
+# kern_add_test(NAME source... [LIBS lib...] [EACH_ISA]): one GoogleTest program (kernels compiled
+# for every ISA, chosen at run time), its tests discovered by ctest. EACH_ISA registers the tests
+# once per ISA level, forced with KERN_ISA (a level above the machine's runs at the machine's).
 function(kern_add_test name)
-  cmake_parse_arguments(arg "" "" "LIBS" ${ARGN})
+  cmake_parse_arguments(arg "EACH_ISA" "" "LIBS" ${ARGN})
   add_executable(${name} ${arg_UNPARSED_ARGUMENTS})
   target_link_libraries(${name} PRIVATE kern::kern kern_warnings GTest::gtest GTest::gtest_main ${arg_LIBS})
-  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60)
+  kern_enable_isa_dispatch(${name})
+  if(arg_EACH_ISA)
+    foreach(level avx512_bf16 avx512 avx2 sse2)
+      gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 TEST_SUFFIX "/isa:${level}"
+        PROPERTIES ENVIRONMENT "KERN_ISA=${level}")
+    endforeach()
+  else()
+    gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60)
+  endif()
 endfunction()
 
 # kern_add_bench(NAME source... [LIBS lib...]): one Google Benchmark program.
@@ -19,4 +29,5 @@ function(kern_add_bench name)
   add_executable(${name} ${arg_UNPARSED_ARGUMENTS})
   target_include_directories(${name} PRIVATE "${PROJECT_SOURCE_DIR}/bench")
   target_link_libraries(${name} PRIVATE kern::kern kern_warnings benchmark::benchmark kern_bench_main ${arg_LIBS})
+  kern_enable_isa_dispatch(${name})
 endfunction()

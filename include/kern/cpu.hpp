@@ -10,3 +10,4 @@
 #include "kern/core/view.hpp"
 
 #include "kern/cpu/convert.hpp"
+#include "kern/cpu/gemm.hpp"

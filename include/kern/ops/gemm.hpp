@@ -40,9 +40,9 @@ template <element_type TA, element_type TB, element_type TC> struct gemm_params 
   transpose trans_b = transpose::none;
   float alpha = 1.0f;
   float beta = 0.0f;
-  const TC* bias = nullptr;           // N values, or null
-  bool gelu = false;                  // GELU (tanh approximation) after the bias
-  matrix_view<const TC> residual{};   // M x N added last, or empty (data == nullptr)
+  const TC* bias = nullptr;         // N values, or null
+  bool gelu = false;                // GELU (tanh approximation) after the bias
+  matrix_view<const TC> residual{}; // M x N added last, or empty (data == nullptr)
   gemm_compute compute = gemm_compute::native;
 
   index_t m() const noexcept { return c.rows; }

@@ -1,0 +1,171 @@
+// The CPU GEMM micro-kernel and the epilogue that writes its tile.
+//
+// microkernel: an MR x NR tile of C in MR * NR / lanes vector registers, updated by kc rank-1 steps,
+// each a row of NR packed B values times MR broadcast values of packed A (one FMA per register).
+// write_tile: scales the tile and merges it into C with beta, or into the running partial sum of
+// earlier K blocks, and on the last K block applies bias, GELU and residual before the store.
+#pragma once
+
+#include <cmath>
+
+#include <type_traits>
+
+#include <xsimd/xsimd.hpp>
+
+#include "kern/core/dtype.hpp"
+#include "kern/core/view.hpp"
+#include "kern/cpu/isa.hpp"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+namespace kern::cpu::detail {
+
+template <class Arch, int MR, int NV>
+void microkernel(index_t kc, const float* __restrict a, const float* __restrict b, float* __restrict tile) {
+  using batch = xsimd::batch<float, Arch>;
+  constexpr int lanes = static_cast<int>(batch::size);
+  constexpr int NR = NV * lanes;
+  batch acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      acc[i][v] = batch(0.0f);
+    }
+  }
+  for (index_t k = 0; k < kc; ++k) {
+    batch bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      bv[v] = batch::load_aligned(b + k * NR + v * lanes);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const batch ai(a[k * MR + i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        acc[i][v] = xsimd::fma(ai, bv[v], acc[i][v]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      acc[i][v].store_aligned(tile + i * NR + v * lanes);
+    }
+  }
+}
+
+// GELU, tanh approximation (GPT-2): 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+template <class V> V gelu_tanh(V x) {
+  using std::tanh;
+  using xsimd::tanh;
+  const V inner = V(0.7978845608028654f) * (x + V(0.044715f) * x * x * x);
+  return V(0.5f) * x * (V(1.0f) + tanh(inner));
+}
+
+// Where and how a finished tile goes. Partial sums of earlier K blocks live in `partial` (fp32);
+// for an f32 C that is C itself.
+template <class TC> struct tile_target {
+  float alpha;
+  float beta;
+  bool first; // the first K block: merge with beta * C (C is not read when beta == 0)
+  bool last;  // the last K block: apply the epilogue and store to C
+  float* partial;
+  index_t ld_partial;
+  TC* c;
+  index_t ldc;
+  const TC* bias; // at this tile's first column, or null
+  bool gelu;
+  const TC* residual; // at this tile's first element, or null
+  index_t ld_residual;
+};
+
+// Loads `lanes` values of T as fp32. bf16 widens with integer instructions (zero-extend, shift).
+template <class Arch, class T> xsimd::batch<float, Arch> load_float(const T* src) {
+  using batch = xsimd::batch<float, Arch>;
+  if constexpr (std::is_same_v<T, float>) {
+    return batch::load_unaligned(src);
+#if defined(__x86_64__) || defined(_M_X64)
+  } else if constexpr (std::is_same_v<T, bf16> && isa_of<Arch>() >= isa::avx512) {
+    const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+  } else if constexpr (std::is_same_v<T, bf16> && isa_of<Arch>() == isa::avx2) {
+    const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    const __m128i half = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src));
+    return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), half));
+#endif
+  } else {
+    alignas(64) float wide[batch::size];
+    for (std::size_t l = 0; l < batch::size; ++l) {
+      wide[l] = static_cast<float>(src[l]);
+    }
+    return batch::load_aligned(wide);
+  }
+}
+
+template <class Arch, class T> void store_from_float(T* dst, xsimd::batch<float, Arch> v) {
+  if constexpr (std::is_same_v<T, float>) {
+    v.store_unaligned(dst);
+  } else {
+    alignas(64) float wide[xsimd::batch<float, Arch>::size];
+    v.store_aligned(wide);
+    for (std::size_t l = 0; l < xsimd::batch<float, Arch>::size; ++l) {
+      dst[l] = T(wide[l]);
+    }
+  }
+}
+
+// One element or one vector of the tile through the whole update; V is float or a batch, and the
+// loads and stores are passed in so that both widths share the arithmetic.
+template <class V, class TC, class Load, class LoadTC, class Store, class StoreTC>
+void finish_element(const tile_target<TC>& t, V acc, index_t i, index_t j, Load load_partial, LoadTC load_tc,
+                    Store store_partial, StoreTC store_tc) {
+  V v = V(t.alpha) * acc;
+  if (!t.first) {
+    v = v + load_partial(t.partial + i * t.ld_partial + j);
+  } else if (t.beta != 0.0f) {
+    v = v + V(t.beta) * load_tc(t.c + i * t.ldc + j);
+  }
+  if (!t.last) {
+    store_partial(t.partial + i * t.ld_partial + j, v);
+    return;
+  }
+  if (t.bias != nullptr) {
+    v = v + load_tc(t.bias + j);
+  }
+  if (t.gelu) {
+    v = gelu_tanh(v);
+  }
+  if (t.residual != nullptr) {
+    v = v + load_tc(t.residual + i * t.ld_residual + j);
+  }
+  store_tc(t.c + i * t.ldc + j, v);
+}
+
+// Writes the valid mr x nr part of an MR x NR tile (row stride NR).
+template <class Arch, int NR, class TC>
+void write_tile(const float* tile, index_t mr, index_t nr, const tile_target<TC>& t) {
+  using batch = xsimd::batch<float, Arch>;
+  constexpr index_t lanes = static_cast<index_t>(batch::size);
+  const auto vec_load = [](const auto* p) { return load_float<Arch>(p); };
+  const auto vec_store = [](auto* p, batch v) { store_from_float<Arch>(p, v); };
+  const auto scalar_load = [](const auto* p) { return static_cast<float>(*p); };
+  const auto scalar_store = [](auto* p, float v) { *p = static_cast<std::remove_pointer_t<decltype(p)>>(v); };
+  const index_t full = nr - nr % lanes;
+  for (index_t i = 0; i < mr; ++i) {
+    for (index_t j = 0; j < full; j += lanes) {
+      finish_element(t, batch::load_aligned(tile + i * NR + j), i, j, vec_load, vec_load, vec_store, vec_store);
+    }
+    for (index_t j = full; j < nr; ++j) {
+      finish_element(t, tile[i * NR + j], i, j, scalar_load, scalar_load, scalar_store, scalar_store);
+    }
+  }
+}
+
+} // namespace kern::cpu::detail

@@ -1,0 +1,20 @@
+// Per-thread scratch of the CPU GEMM (packed blocks, partial sums): grow-only and reused across
+// calls, so that the hot path allocates only the first time a thread meets a larger problem.
+#pragma once
+
+#include <cstddef>
+
+#include "kern/core/memory.hpp"
+
+namespace kern::cpu::detail {
+
+// Slot tells apart buffers that one thread holds at the same time.
+template <class Arch, int Slot> float* thread_workspace(std::size_t floats) {
+  thread_local aligned_buffer<float> buffer;
+  if (buffer.size() < floats) {
+    buffer = aligned_buffer<float>(floats);
+  }
+  return buffer.data();
+}
+
+} // namespace kern::cpu::detail
