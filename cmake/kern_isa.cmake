@@ -13,6 +13,10 @@ function(kern_enable_isa_dispatch target)
   set(flags_avx512 -mavx512f -mavx512cd -mavx512dq -mavx512bw -mavx512vl -mfma -mf16c)
   set(flags_avx2 -mavx2 -mfma -mf16c)
   set(flags_sse2 "")
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
+    # GCC 12's AVX-512 intrinsic headers trip its own -Wmaybe-uninitialized (GCC bug 105593).
+    list(APPEND flags_avx512 -Wno-maybe-uninitialized -Wno-uninitialized)
+  endif()
   foreach(isa IN LISTS isas)
     set(source "${CMAKE_CURRENT_BINARY_DIR}/kern_isa/${target}_${isa}.cpp")
     file(CONFIGURE OUTPUT "${source}" CONTENT

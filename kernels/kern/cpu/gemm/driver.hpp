@@ -34,7 +34,10 @@ void gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p) {
   const index_t M = p.m(), N = p.n(), K = p.k();
   const op_view<TA> a{p.a.data, p.a.ld, p.trans_a == ops::transpose::trans};
   const op_view<TB> b{p.b.data, p.b.ld, p.trans_b == ops::transpose::trans};
-  constexpr bool fp32_c = std::is_same_v<TC, float>;
+  // Partial sums of earlier K blocks go to C itself when C is f32, unless C is also the residual
+  // and there are several K blocks (the residual must still be the original C at the last block).
+  const bool partial_in_c =
+      std::is_same_v<TC, float> && !(p.residual.data == p.c.data && p.residual.data != nullptr && K > blk::kc);
 
   const index_t k_blocks = (K + blk::kc - 1) / blk::kc;
   const index_t ic_blocks = (M + blk::mc - 1) / blk::mc;
@@ -67,10 +70,10 @@ void gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p) {
         if (j0 >= j1) {
           continue;
         }
-        // bf16 output: fp32 partial sums for this item's rows and columns.
+        // Otherwise: fp32 partial sums for this item's rows and columns.
         float* partial = nullptr;
         index_t ld_partial = 0;
-        if constexpr (!fp32_c) {
+        if (!partial_in_c) {
           ld_partial = j1 - j0;
           partial = thread_workspace<Arch, 2>(static_cast<std::size_t>(mc * ld_partial));
         }
@@ -96,8 +99,8 @@ void gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p) {
                                 p.gelu,
                                 p.residual.data ? p.residual.data + row * p.residual.ld + col : nullptr,
                                 p.residual.ld};
-              if constexpr (fp32_c) {
-                t.partial = t.c;
+              if (partial_in_c) {
+                t.partial = reinterpret_cast<float*>(t.c); // TC is float here
                 t.ld_partial = t.ldc;
               } else {
                 t.partial = partial + ir * ld_partial + (jr - j0);

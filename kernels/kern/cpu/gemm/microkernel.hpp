@@ -59,12 +59,14 @@ void microkernel(index_t kc, const float* __restrict a, const float* __restrict 
   }
 }
 
-// GELU, tanh approximation (GPT-2): 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+// GELU, tanh approximation (GPT-2): 0.5 x (1 + tanh(u)), u = sqrt(2 / pi) (x + 0.044715 x^3),
+// evaluated as x / (1 + exp(-2u)), the same function: for very negative x, 1 + tanh(u) cancels to 0
+// in float while this form keeps the tiny negative result.
 template <class V> V gelu_tanh(V x) {
-  using std::tanh;
-  using xsimd::tanh;
-  const V inner = V(0.7978845608028654f) * (x + V(0.044715f) * x * x * x);
-  return V(0.5f) * x * (V(1.0f) + tanh(inner));
+  using std::exp;
+  using xsimd::exp;
+  const V u = V(0.7978845608028654f) * (x + V(0.044715f) * x * x * x);
+  return x / (V(1.0f) + exp(V(-2.0f) * u));
 }
 
 // Where and how a finished tile goes. Partial sums of earlier K blocks live in `partial` (fp32);
