@@ -1,26 +1,55 @@
-// CPU GEMM entry: kern::cpu::gemm(ctx, params). Validates, then runs the best compiled ISA.
-// Parameters and semantics: kern/ops/gemm.hpp. Algorithm and measurements: docs/kernels/gemm.md.
+// CPU GEMM entry points. Parameters and semantics: kern/ops/gemm.hpp; algorithm, tiling and
+// measurements: docs/kernels/gemm.md.
+//
+//   kern::cpu::gemm(ctx, params)              C = epilogue(alpha op(A) op(B) + beta C)
+//   kern::cpu::pack_gemm_b(ctx, b, trans_b)    op(B) packed once (a weight matrix, for inference)
+//   kern::cpu::gemm(ctx, params, packed_b)     the same product with the packed B (params.b and
+//                                              params.trans_b are not used); same bits as unpacked
 #pragma once
 
+#include <cstddef>
+#include <string_view>
+
+#include "kern/core/memory.hpp"
 #include "kern/core/threading.hpp"
 #include "kern/cpu/gemm/driver.hpp"
 #include "kern/cpu/isa.hpp"
 #include "kern/ops/gemm.hpp"
 
-// The instances every ISA translation unit provides (see kern/cpu/isa_instances.hpp).
-#define KERN_CPU_GEMM_INSTANCES(ARCH, X)                                                                               \
-  X(ARCH, float, float, float)                                                                                         \
-  X(ARCH, ::kern::bf16, ::kern::bf16, float)                                                                           \
-  X(ARCH, ::kern::bf16, ::kern::bf16, ::kern::bf16)
+// The instances every ISA translation unit provides (see kern/cpu/isa_instances.hpp), as lists of
+// macro calls: RUN(arch, TA, TB, TC), PACK(arch, TB), SIZE(arch).
+#define KERN_CPU_GEMM_INSTANCES(ARCH, RUN, PACK, SIZE)                                                                 \
+  RUN(ARCH, float, float, float)                                                                                       \
+  RUN(ARCH, ::kern::bf16, ::kern::bf16, float)                                                                         \
+  RUN(ARCH, ::kern::bf16, ::kern::bf16, ::kern::bf16)                                                                  \
+  PACK(ARCH, float)                                                                                                    \
+  PACK(ARCH, ::kern::bf16)                                                                                             \
+  SIZE(ARCH)
+
+#define KERN_CPU_GEMM_RUN_INSTANCE(ARCH, TA, TB, TC)                                                                   \
+  template void kern::cpu::detail::gemm_run<ARCH, TA, TB, TC>(                                                         \
+      const ::kern::cpu::context&, const ::kern::ops::gemm_params<TA, TB, TC>&, const void*);
+#define KERN_CPU_GEMM_PACK_INSTANCE(ARCH, TB)                                                                          \
+  template void kern::cpu::detail::pack_b_run<ARCH, TB>(const ::kern::cpu::context&, ::kern::matrix_view<const TB>,    \
+                                                        ::kern::ops::transpose, ::kern::ops::gemm_compute,             \
+                                                        ::kern::index_t, ::kern::index_t, void*);
+#define KERN_CPU_GEMM_SIZE_INSTANCE(ARCH)                                                                              \
+  template std::size_t kern::cpu::detail::packed_b_bytes<ARCH>(::kern::dtype, ::kern::ops::gemm_compute,               \
+                                                               ::kern::index_t, ::kern::index_t);
 
 #if defined(KERN_ISA_DISPATCH) && (defined(__x86_64__) || defined(_M_X64))
-#define KERN_CPU_GEMM_EXTERN(ARCH, TA, TB, TC)                                                                         \
-  extern template void kern::cpu::detail::gemm_run<ARCH, TA, TB, TC>(const ::kern::cpu::context&,                      \
-                                                                     const ::kern::ops::gemm_params<TA, TB, TC>&);
-KERN_CPU_GEMM_INSTANCES(xsimd::avx512bw, KERN_CPU_GEMM_EXTERN)
-KERN_CPU_GEMM_INSTANCES(xsimd::fma3<xsimd::avx2>, KERN_CPU_GEMM_EXTERN)
-KERN_CPU_GEMM_INSTANCES(xsimd::sse2, KERN_CPU_GEMM_EXTERN)
+#define KERN_CPU_GEMM_EXTERN_RUN(ARCH, TA, TB, TC) extern KERN_CPU_GEMM_RUN_INSTANCE(ARCH, TA, TB, TC)
+#define KERN_CPU_GEMM_EXTERN_PACK(ARCH, TB) extern KERN_CPU_GEMM_PACK_INSTANCE(ARCH, TB)
+#define KERN_CPU_GEMM_EXTERN_SIZE(ARCH) extern KERN_CPU_GEMM_SIZE_INSTANCE(ARCH)
+#define KERN_CPU_GEMM_EXTERN(ARCH)                                                                                     \
+  KERN_CPU_GEMM_INSTANCES(ARCH, KERN_CPU_GEMM_EXTERN_RUN, KERN_CPU_GEMM_EXTERN_PACK, KERN_CPU_GEMM_EXTERN_SIZE)
+KERN_CPU_GEMM_EXTERN(xsimd::avx512bw)
+KERN_CPU_GEMM_EXTERN(xsimd::fma3<xsimd::avx2>)
+KERN_CPU_GEMM_EXTERN(xsimd::sse2)
 #undef KERN_CPU_GEMM_EXTERN
+#undef KERN_CPU_GEMM_EXTERN_RUN
+#undef KERN_CPU_GEMM_EXTERN_PACK
+#undef KERN_CPU_GEMM_EXTERN_SIZE
 #endif
 
 namespace kern::cpu {
@@ -29,7 +58,83 @@ template <element_type TA, element_type TB, element_type TC>
 void gemm(const context& ctx, const ops::gemm_params<TA, TB, TC>& params) {
   ops::validate("kern::cpu::gemm", params);
   if constexpr (ops::gemm_types_supported<TA, TB, TC>()) {
-    detail::dispatch([&](auto arch) { detail::gemm_run<decltype(arch)>(ctx, params); });
+    detail::dispatch([&](auto arch) { detail::gemm_run<decltype(arch)>(ctx, params, nullptr); });
+  }
+}
+
+class gemm_packed_b;
+
+// Packs op(B) (K x N: B itself, or B's transpose with trans_b) for kern::cpu::gemm.
+template <element_type TB> gemm_packed_b pack_gemm_b(const context& ctx, matrix_view<const TB> b,
+                                                     ops::transpose trans_b,
+                                                     ops::gemm_compute compute = ops::gemm_compute::native);
+
+// op(B) packed in the layout kern::cpu::gemm reads on this machine (its ISA and kernel), made
+// once by pack_gemm_b and reused by any number of gemm calls with the same K, N, B type and
+// compute mode. Owns its memory; move-only.
+class gemm_packed_b {
+public:
+  index_t k() const noexcept { return k_; }
+  index_t n() const noexcept { return n_; }
+  dtype b_type() const noexcept { return type_; }
+  ops::gemm_compute compute() const noexcept { return compute_; }
+  isa packed_for() const noexcept { return isa_; }
+  std::size_t bytes() const noexcept { return storage_.size(); }
+  const void* data() const noexcept { return storage_.data(); }
+
+private:
+  template <element_type TB>
+  friend gemm_packed_b pack_gemm_b(const context&, matrix_view<const TB>, ops::transpose, ops::gemm_compute);
+
+  aligned_buffer<std::byte> storage_;
+  index_t k_ = 0, n_ = 0;
+  dtype type_ = dtype::f32;
+  ops::gemm_compute compute_ = ops::gemm_compute::native;
+  isa isa_ = isa::scalar;
+};
+
+template <element_type TB> gemm_packed_b pack_gemm_b(const context& ctx, matrix_view<const TB> b,
+                                                     ops::transpose trans_b, ops::gemm_compute compute) {
+  constexpr std::string_view op = "kern::cpu::pack_gemm_b";
+  require(dtype_of_v<TB> == dtype::f32 || dtype_of_v<TB> == dtype::bf16, op,
+          "unsupported type B = ", name(dtype_of_v<TB>), " (supported: f32, bf16)");
+  require(compute == ops::gemm_compute::native || dtype_of_v<TB> == dtype::f32, op,
+          "compute = bf16 applies to f32 inputs only (B is ", name(dtype_of_v<TB>), ")");
+  ops::detail::require_matrix(op, "b", b);
+  gemm_packed_b packed;
+  packed.k_ = trans_b == ops::transpose::trans ? b.cols : b.rows;
+  packed.n_ = trans_b == ops::transpose::trans ? b.rows : b.cols;
+  packed.type_ = dtype_of_v<TB>;
+  packed.compute_ = compute;
+  packed.isa_ = active_isa();
+  if constexpr (dtype_of_v<TB> == dtype::f32 || dtype_of_v<TB> == dtype::bf16) {
+    detail::dispatch([&](auto arch) {
+      using Arch = decltype(arch);
+      packed.storage_ =
+          aligned_buffer<std::byte>(detail::packed_b_bytes<Arch>(dtype_of_v<TB>, compute, packed.k_, packed.n_));
+      if (packed.k_ > 0 && packed.n_ > 0) {
+        detail::pack_b_run<Arch>(ctx, b, trans_b, compute, packed.k_, packed.n_, packed.storage_.data());
+      }
+    });
+  }
+  return packed;
+}
+
+template <element_type TA, element_type TB, element_type TC>
+void gemm(const context& ctx, const ops::gemm_params<TA, TB, TC>& params, const gemm_packed_b& b) {
+  constexpr std::string_view op = "kern::cpu::gemm";
+  require(b.b_type() == dtype_of_v<TB>, op, "packed B holds ", name(b.b_type()), " but B is ", name(dtype_of_v<TB>));
+  require(b.compute() == params.compute, op, "packed B was packed for another compute mode");
+  require(b.packed_for() == active_isa(), op, "packed B was packed for ISA ", name(b.packed_for()),
+          ", this process runs ", name(active_isa()));
+  // Validate as if B were there: a stand-in view with the packed shape (never read).
+  ops::gemm_params<TA, TB, TC> shaped = params;
+  shaped.trans_b = ops::transpose::none;
+  shaped.b = matrix_view<const TB>(reinterpret_cast<const TB*>(b.data()), b.k(), b.n(), b.n() > 0 ? b.n() : 1);
+  require(b.bytes() > 0 || b.k() == 0 || b.n() == 0, op, "packed B is empty (moved from?)");
+  ops::validate(op, shaped);
+  if constexpr (ops::gemm_types_supported<TA, TB, TC>()) {
+    detail::dispatch([&](auto arch) { detail::gemm_run<decltype(arch)>(ctx, shaped, b.data()); });
   }
 }
 

@@ -8,8 +8,5 @@
 
 #include "kern/cpu.hpp"
 
-#define KERN_CPU_GEMM_INSTANTIATE(ARCH, TA, TB, TC)                                                                    \
-  template void kern::cpu::detail::gemm_run<ARCH, TA, TB, TC>(const ::kern::cpu::context&,                             \
-                                                              const ::kern::ops::gemm_params<TA, TB, TC>&);
-KERN_CPU_GEMM_INSTANCES(KERN_ISA_INSTANTIATE, KERN_CPU_GEMM_INSTANTIATE)
-#undef KERN_CPU_GEMM_INSTANTIATE
+KERN_CPU_GEMM_INSTANCES(KERN_ISA_INSTANTIATE, KERN_CPU_GEMM_RUN_INSTANCE, KERN_CPU_GEMM_PACK_INSTANCE,
+                        KERN_CPU_GEMM_SIZE_INSTANCE)

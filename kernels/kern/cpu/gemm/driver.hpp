@@ -1,91 +1,125 @@
-// The CPU GEMM driver: BLIS's loops around the micro-kernel, for one ISA (Arch).
+// The CPU GEMM driver: BLIS's loops around a micro-kernel, for one ISA (Arch) and one kernel.
 //
 //   for jc in N by NC:                 pack op(B)[:, jc..] (all of K) once, threads share it
 //     parallel over (ic in M by MC) x (a share of the NR panels):
 //       for pc in K by KC:             pack op(A)[ic.., pc..] into this thread's MC x KC block
-//         for jr over NR panels:       the kc x NR B micro-panel stays in L1
+//         for jr over NR panels:       the kc x NR micro-panel of B
 //           for ir over MR panels:     micro-kernel, then the tile's epilogue
 //
-// With one MC block of rows (small M), the panels are split among threads instead, so that two
-// threads help even for 256-token shapes. fp32 partial sums carry between K blocks in C itself (f32
-// output) or in a per-thread fp32 block (bf16 output, rounded once at the end).
+// With one block of rows (small M) the panels are split among threads instead, so that two
+// threads help even for 256-token shapes. For M <= 4 (decode) the kernel runs with MR = 4 and, where
+// it can, reads B straight from its storage: each element of B is read once, nothing is packed.
+// Each output element gets the same sequence of operations whatever the path (MR, packed or direct,
+// pre-packed B), so all of them give the same bits. fp32 partial sums carry between K blocks in C
+// itself (f32 output) or in a per-thread fp32 block (bf16 output, rounded once at the end).
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
+#include <type_traits>
 
-#include "kern/core/memory.hpp"
 #include "kern/core/threading.hpp"
-#include "kern/cpu/gemm/blocking.hpp"
-#include "kern/cpu/gemm/gemv.hpp"
-#include "kern/cpu/gemm/microkernel.hpp"
-#include "kern/cpu/gemm/pack.hpp"
+#include "kern/cpu/gemm/epilogue.hpp"
+#include "kern/cpu/gemm/kernel_bf16.hpp"
+#include "kern/cpu/gemm/kernel_f32.hpp"
 #include "kern/cpu/gemm/workspace.hpp"
 #include "kern/ops/gemm.hpp"
 
 namespace kern::cpu::detail {
 
-// The shared packed-B buffer lives with the calling thread.
-template <class Arch> float* shared_b_workspace(std::size_t floats) { return thread_workspace<Arch, 0>(floats); }
+inline constexpr index_t small_m = 4;
 
-template <class Arch, bool RoundToBf16, class TA, class TB, class TC>
-void gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p) {
-  using blk = gemm_blocking<Arch>;
-  constexpr int MR = blk::mr, NR = blk::nr;
+// Elements of op(B) packed for the whole K x N by Kernel (what a pre-packed B holds).
+template <class Kernel> constexpr std::size_t packed_b_size(index_t k, index_t n) {
+  const index_t panels = (n + Kernel::nr - 1) / Kernel::nr;
+  return static_cast<std::size_t>(Kernel::padded_depth(k) * panels * Kernel::nr);
+}
+
+// Packs op(B)[:, jc .. jc + nc) for all of K: for each K block, its panels one after another.
+// `dst` is where the jc block starts.
+template <class Kernel, bool Round, class TB> void pack_b_block(const context& ctx, const op_view<TB>& b, index_t K,
+                                                                index_t jc, index_t nc, typename Kernel::packed* dst) {
+  constexpr int NR = Kernel::nr;
+  const index_t panels = (nc + NR - 1) / NR;
+  const index_t k_blocks = (K + Kernel::kc - 1) / Kernel::kc;
+  parallel_for(ctx, k_blocks * panels, [&](index_t begin, index_t end) {
+    for (index_t job = begin; job < end; ++job) {
+      const index_t pc = (job / panels) * Kernel::kc, panel = job % panels;
+      const index_t kc = std::min<index_t>(Kernel::kc, K - pc);
+      Kernel::template pack_b<Round>(b, pc, kc, jc + panel * NR, nc - panel * NR,
+                                     dst + pc * panels * NR + panel * Kernel::padded_depth(kc) * NR);
+    }
+  });
+}
+
+template <class Kernel, bool Round, class TA, class TB, class TC> void
+gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const typename Kernel::packed* prepacked_b) {
+  using packed = typename Kernel::packed;
+  constexpr int MR = Kernel::mr, NR = Kernel::nr;
+  // Packed values per k step of a B micro-panel row, as the kernel's ldb.
+  constexpr index_t packed_ldb = static_cast<index_t>(NR) * (Kernel::padded_depth(1) == 2 ? 2 : 1);
   const index_t M = p.m(), N = p.n(), K = p.k();
   const op_view<TA> a{p.a.data, p.a.ld, p.trans_a == ops::transpose::trans};
   const op_view<TB> b{p.b.data, p.b.ld, p.trans_b == ops::transpose::trans};
+  const bool direct_b =
+      prepacked_b == nullptr && M <= small_m && !b.transposed && Kernel::template reads_b_directly<Round, TB>;
   // Partial sums of earlier K blocks go to C itself when C is f32, unless C is also the residual
   // and there are several K blocks (the residual must still be the original C at the last block).
   const bool partial_in_c =
-      std::is_same_v<TC, float> && !(p.residual.data == p.c.data && p.residual.data != nullptr && K > blk::kc);
+      std::is_same_v<TC, float> && !(p.residual.data == p.c.data && p.residual.data != nullptr && K > Kernel::kc);
 
-  const index_t k_blocks = (K + blk::kc - 1) / blk::kc;
-  const index_t ic_blocks = (M + blk::mc - 1) / blk::mc;
+  const index_t ic_blocks = (M + Kernel::mc - 1) / Kernel::mc;
   const int threads = effective_threads(ctx);
 
-  for (index_t jc = 0; jc < N; jc += blk::nc) {
-    const index_t nc = std::min<index_t>(blk::nc, N - jc);
+  for (index_t jc = 0; jc < N; jc += Kernel::nc) {
+    const index_t nc = std::min<index_t>(Kernel::nc, N - jc);
     const index_t panels = (nc + NR - 1) / NR;
-    // Packed B: for each K block, its panels one after another (kc x NR floats each).
-    float* packed_b = shared_b_workspace<Arch>(static_cast<std::size_t>(K * panels * NR));
-    parallel_for(context(threads), k_blocks * panels, [&](index_t begin, index_t end) {
-      for (index_t job = begin; job < end; ++job) {
-        const index_t kb = job / panels, panel = job % panels;
-        const index_t pc = kb * blk::kc, kc = std::min<index_t>(blk::kc, K - pc);
-        pack_b_panel<Arch, NR, RoundToBf16>(b, pc, kc, jc + panel * NR, nc - panel * NR,
-                                            packed_b + pc * panels * NR + panel * kc * NR);
-      }
-    });
+    const packed* packed_b = nullptr;
+    if (prepacked_b != nullptr) {
+      packed_b = prepacked_b + (jc / NR) * Kernel::padded_depth(K) * NR;
+    } else if (!direct_b) {
+      auto* block = thread_workspace<typename Kernel::arch, 0, packed>(packed_b_size<Kernel>(K, nc));
+      pack_b_block<Kernel, Round>(context(threads), b, K, jc, nc, block);
+      packed_b = block;
+    }
 
     // Work items: an MC block of rows and a contiguous share of the panels.
     const index_t splits = std::clamp<index_t>((threads + ic_blocks - 1) / ic_blocks, 1, panels);
     const index_t items = ic_blocks * splits;
     parallel_region(context(static_cast<int>(std::min<index_t>(threads, items))), [&](int thread, int thread_count) {
-      float* packed_a = thread_workspace<Arch, 1>(static_cast<std::size_t>(blk::mc) * blk::kc);
+      using arch = typename Kernel::arch;
+      packed* packed_a = thread_workspace<arch, 1, packed>(static_cast<std::size_t>(Kernel::mc) * Kernel::kc + 64);
+      packed* edge_b = thread_workspace<arch, 3, packed>(static_cast<std::size_t>(Kernel::kc) * NR + 64);
       alignas(64) float tile[MR * NR];
       for (index_t item = thread; item < items; item += thread_count) {
-        const index_t ic = (item / splits) * blk::mc, mc = std::min<index_t>(blk::mc, M - ic);
+        const index_t ic = (item / splits) * Kernel::mc, mc = std::min<index_t>(Kernel::mc, M - ic);
         const range share = split_evenly(panels, static_cast<int>(splits), static_cast<int>(item % splits));
         const index_t j0 = share.begin * NR, j1 = std::min<index_t>(nc, share.end * NR);
         if (j0 >= j1) {
           continue;
         }
-        // Otherwise: fp32 partial sums for this item's rows and columns.
         float* partial = nullptr;
         index_t ld_partial = 0;
         if (!partial_in_c) {
           ld_partial = j1 - j0;
-          partial = thread_workspace<Arch, 2>(static_cast<std::size_t>(mc * ld_partial));
+          partial = thread_workspace<arch, 2, float>(static_cast<std::size_t>(mc * ld_partial));
         }
-        for (index_t pc = 0; pc < K; pc += blk::kc) {
-          const index_t kc = std::min<index_t>(blk::kc, K - pc);
-          pack_a<Arch, MR, RoundToBf16>(a, ic, mc, pc, kc, packed_a);
-          const float* b_block = packed_b + pc * panels * NR;
+        for (index_t pc = 0; pc < K; pc += Kernel::kc) {
+          const index_t kc = std::min<index_t>(Kernel::kc, K - pc);
+          const index_t depth = Kernel::padded_depth(kc);
+          Kernel::template pack_a<Round>(a, ic, mc, pc, kc, packed_a);
           for (index_t jr = j0; jr < j1; jr += NR) {
             const index_t nr = std::min<index_t>(NR, j1 - jr);
-            const float* b_panel = b_block + (jr / NR) * kc * NR;
             for (index_t ir = 0; ir < mc; ir += MR) {
-              microkernel<Arch, MR, blk::nr_vectors>(kc, packed_a + (ir / MR) * kc * MR, b_panel, tile);
+              const packed* a_panel = packed_a + (ir / MR) * depth * MR;
+              if (!direct_b) {
+                Kernel::run(kc, a_panel, packed_b + pc * panels * NR + (jr / NR) * depth * NR, packed_ldb, tile);
+              } else if (nr == NR) {
+                Kernel::run(kc, a_panel, p.b.data + pc * p.b.ld + jc + jr, p.b.ld, tile);
+              } else { // the last, partial panel: packed with zeros (once per K block, M <= 4 rows)
+                Kernel::template pack_b<Round>(b, pc, kc, jc + jr, nr, edge_b);
+                Kernel::run(kc, a_panel, edge_b, packed_ldb, tile);
+              }
               const index_t row = ic + ir, col = jc + jr;
               tile_target<TC> t{p.alpha,
                                 p.beta,
@@ -106,7 +140,7 @@ void gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p) {
                 t.partial = partial + ir * ld_partial + (jr - j0);
                 t.ld_partial = ld_partial;
               }
-              write_tile<Arch, NR>(tile, std::min<index_t>(MR, mc - ir), nr, t);
+              write_tile<arch, NR>(tile, std::min<index_t>(MR, mc - ir), nr, t);
             }
           }
         }
@@ -117,10 +151,10 @@ void gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p) {
 
 // C = epilogue(beta * C) when there is no product to add (K = 0 or alpha = 0).
 template <class Arch, class TA, class TB, class TC> void gemm_epilogue_only(const ops::gemm_params<TA, TB, TC>& p) {
-  using blk = gemm_blocking<Arch>;
-  alignas(64) float zeros[blk::mr * blk::nr] = {};
-  for (index_t i = 0; i < p.m(); i += blk::mr) {
-    for (index_t j = 0; j < p.n(); j += blk::nr) {
+  constexpr int rows = 4, cols = 64;
+  alignas(64) float zeros[rows * cols] = {};
+  for (index_t i = 0; i < p.m(); i += rows) {
+    for (index_t j = 0; j < p.n(); j += cols) {
       const tile_target<TC> t{0.0f,
                               p.beta,
                               true,
@@ -133,25 +167,92 @@ template <class Arch, class TA, class TB, class TC> void gemm_epilogue_only(cons
                               p.gelu,
                               p.residual.data ? p.residual.data + i * p.residual.ld + j : nullptr,
                               p.residual.ld};
-      write_tile<Arch, blk::nr>(zeros, std::min<index_t>(blk::mr, p.m() - i), std::min<index_t>(blk::nr, p.n() - j), t);
+      write_tile<Arch, cols>(zeros, std::min<index_t>(rows, p.m() - i), std::min<index_t>(cols, p.n() - j), t);
     }
   }
 }
 
-// The ISA-specific entry: everything after validation.
+// The bf16 pair kernel runs bf16 work where the CPU has AVX512-BF16 and KERN_ISA allows it; the
+// fp32 FMA kernel runs everything else.
+template <class Arch> constexpr bool has_bf16_dot_kernel() {
+#if defined(KERN_HAVE_BF16_DOT_KERNEL)
+  return isa_of<Arch>() >= isa::avx512;
+#else
+  return false;
+#endif
+}
+
+template <class Arch> bool use_bf16_dot(dtype b_type, ops::gemm_compute compute) {
+  return has_bf16_dot_kernel<Arch>() && (b_type == dtype::bf16 || compute == ops::gemm_compute::bf16) &&
+         active_isa() >= isa::avx512_bf16;
+}
+
+// Calls fn(kernel{}, round) with the kernel type, for M rows and the chosen kernel family.
+template <class Arch, class Fn> void with_kernel(bool dot, bool small, bool round, Fn&& fn) {
+  using tag_round = std::true_type;
+  using tag_exact = std::false_type;
+#if defined(KERN_HAVE_BF16_DOT_KERNEL)
+  if constexpr (has_bf16_dot_kernel<Arch>()) {
+    if (dot) { // rounds to bf16 itself: one instance serves both modes
+      small ? fn(bf16_dot_kernel<Arch, 4>{}, tag_exact{}) : fn(bf16_dot_kernel<Arch, 14>{}, tag_exact{});
+      return;
+    }
+  }
+#endif
+  (void)dot;
+  constexpr int mr = f32_fma_kernel<Arch, 1>::default_mr;
+  if (small) {
+    round ? fn(f32_fma_kernel<Arch, 4>{}, tag_round{}) : fn(f32_fma_kernel<Arch, 4>{}, tag_exact{});
+  } else {
+    round ? fn(f32_fma_kernel<Arch, mr>{}, tag_round{}) : fn(f32_fma_kernel<Arch, mr>{}, tag_exact{});
+  }
+}
+
+// The ISA-specific entry: everything after validation. prepacked_b, when not null, holds op(B)
+// packed by pack_b_run for the same kernel family.
 template <class Arch, class TA, class TB, class TC>
-void gemm_run(const context& ctx, const ops::gemm_params<TA, TB, TC>& p) {
+void gemm_run(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const void* prepacked_b) {
   if (p.m() == 0 || p.n() == 0) {
     return;
   }
-  const bool round = p.compute == ops::gemm_compute::bf16;
   if (p.k() == 0 || p.alpha == 0.0f) {
     gemm_epilogue_only<Arch>(p);
-  } else if (p.m() <= gemv_max_rows) {
-    round ? gemv_run<Arch, true>(ctx, p) : gemv_run<Arch, false>(ctx, p);
-  } else {
-    round ? gemm_blocked<Arch, true>(ctx, p) : gemm_blocked<Arch, false>(ctx, p);
+    return;
   }
+  const bool round = p.compute == ops::gemm_compute::bf16 && std::is_same_v<TA, float>;
+  with_kernel<Arch>(
+      use_bf16_dot<Arch>(dtype_of_v<TB>, p.compute), p.m() <= small_m, round, [&](auto kernel, auto round_tag) {
+        using K = decltype(kernel);
+        if constexpr (!(decltype(round_tag)::value && !std::is_same_v<TA, float>)) {
+          gemm_blocked<K, decltype(round_tag)::value>(ctx, p, static_cast<const typename K::packed*>(prepacked_b));
+        }
+      });
+}
+
+// Packs all of op(B) (k x n) for gemm_run into `dst`, which holds packed_b_bytes<Arch>(...) bytes.
+template <class Arch> std::size_t packed_b_bytes(dtype b_type, ops::gemm_compute compute, index_t k, index_t n) {
+  if (use_bf16_dot<Arch>(b_type, compute)) {
+#if defined(KERN_HAVE_BF16_DOT_KERNEL)
+    return packed_b_size<bf16_dot_kernel<Arch, 14>>(k, n) * sizeof(std::uint16_t);
+#endif
+  }
+  return packed_b_size<f32_fma_kernel<Arch, 1>>(k, n) * sizeof(float);
+}
+
+template <class Arch, class TB> void pack_b_run(const context& ctx, matrix_view<const TB> b, ops::transpose trans_b,
+                                                ops::gemm_compute compute, index_t k, index_t n, void* dst) {
+  const op_view<TB> op_b{b.data, b.ld, trans_b == ops::transpose::trans};
+  const bool round = compute == ops::gemm_compute::bf16 && std::is_same_v<TB, float>;
+  with_kernel<Arch>(use_bf16_dot<Arch>(dtype_of_v<TB>, compute), false, round, [&](auto kernel, auto round_tag) {
+    using K = decltype(kernel);
+    if constexpr (!(decltype(round_tag)::value && !std::is_same_v<TB, float>)) {
+      auto* out = static_cast<typename K::packed*>(dst);
+      for (index_t jc = 0; jc < n; jc += K::nc) {
+        pack_b_block<K, decltype(round_tag)::value>(ctx, op_b, k, jc, std::min<index_t>(K::nc, n - jc),
+                                                    out + (jc / K::nr) * K::padded_depth(k) * K::nr);
+      }
+    }
+  });
 }
 
 } // namespace kern::cpu::detail

@@ -9,10 +9,10 @@
 namespace kern::cpu::detail {
 
 // Slot tells apart buffers that one thread holds at the same time.
-template <class Arch, int Slot> float* thread_workspace(std::size_t floats) {
-  thread_local aligned_buffer<float> buffer;
-  if (buffer.size() < floats) {
-    buffer = aligned_buffer<float>(floats);
+template <class Arch, int Slot, class T> T* thread_workspace(std::size_t count) {
+  thread_local aligned_buffer<T> buffer;
+  if (buffer.size() < count) {
+    buffer = aligned_buffer<T>(count);
   }
   return buffer.data();
 }

@@ -1,13 +1,11 @@
-// The CPU GEMM micro-kernel and the epilogue that writes its tile.
+// The epilogue of the CPU GEMM: how a finished MR x NR tile of fp32 sums reaches C.
 //
-// microkernel: an MR x NR tile of C in MR * NR / lanes vector registers, updated by kc rank-1 steps,
-// each a row of NR packed B values times MR broadcast values of packed A (one FMA per register).
-// write_tile: scales the tile and merges it into C with beta, or into the running partial sum of
-// earlier K blocks, and on the last K block applies bias, GELU and residual before the store.
+// The tile is scaled by alpha and merged with beta * C (first K block; C is not read when beta is
+// 0) or with the partial sums of earlier K blocks; on the last K block bias, GELU and the residual
+// are applied before the one store to C, in C's type.
 #pragma once
 
 #include <cmath>
-
 #include <type_traits>
 
 #include <xsimd/xsimd.hpp>
@@ -22,43 +20,6 @@
 
 namespace kern::cpu::detail {
 
-template <class Arch, int MR, int NV>
-void microkernel(index_t kc, const float* __restrict a, const float* __restrict b, float* __restrict tile) {
-  using batch = xsimd::batch<float, Arch>;
-  constexpr int lanes = static_cast<int>(batch::size);
-  constexpr int NR = NV * lanes;
-  batch acc[MR][NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      acc[i][v] = batch(0.0f);
-    }
-  }
-  for (index_t k = 0; k < kc; ++k) {
-    batch bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      bv[v] = batch::load_aligned(b + k * NR + v * lanes);
-    }
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const batch ai(a[k * MR + i]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        acc[i][v] = xsimd::fma(ai, bv[v], acc[i][v]);
-      }
-    }
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      acc[i][v].store_aligned(tile + i * NR + v * lanes);
-    }
-  }
-}
-
 // GELU, tanh approximation (GPT-2): 0.5 x (1 + tanh(u)), u = sqrt(2 / pi) (x + 0.044715 x^3),
 // evaluated as x / (1 + exp(-2u)), the same function: for very negative x, 1 + tanh(u) cancels to 0
 // in float while this form keeps the tiny negative result.
@@ -68,23 +29,6 @@ template <class V> V gelu_tanh(V x) {
   const V u = V(0.7978845608028654f) * (x + V(0.044715f) * x * x * x);
   return x / (V(1.0f) + exp(V(-2.0f) * u));
 }
-
-// Where and how a finished tile goes. Partial sums of earlier K blocks live in `partial` (fp32);
-// for an f32 C that is C itself.
-template <class TC> struct tile_target {
-  float alpha;
-  float beta;
-  bool first; // the first K block: merge with beta * C (C is not read when beta == 0)
-  bool last;  // the last K block: apply the epilogue and store to C
-  float* partial;
-  index_t ld_partial;
-  TC* c;
-  index_t ldc;
-  const TC* bias; // at this tile's first column, or null
-  bool gelu;
-  const TC* residual; // at this tile's first element, or null
-  index_t ld_residual;
-};
 
 // Loads `lanes` values of T as fp32. bf16 widens with integer instructions (zero-extend, shift).
 template <class Arch, class T> xsimd::batch<float, Arch> load_float(const T* src) {
@@ -123,34 +67,50 @@ template <class Arch, class T> void store_from_float(T* dst, xsimd::batch<float,
   }
 }
 
+// Where and how a finished tile goes. Partial sums of earlier K blocks live in `partial` (fp32);
+// for an f32 C that is usually C itself.
+template <class TC> struct tile_target {
+  float alpha;
+  float beta;
+  bool first; // the first K block: merge with beta * C (C is not read when beta == 0)
+  bool last;  // the last K block: apply the epilogue and store to C
+  float* partial;
+  index_t ld_partial;
+  TC* c;
+  index_t ldc;
+  const TC* bias; // at this tile's first column, or null
+  bool gelu;
+  const TC* residual; // at this tile's first element, or null
+  index_t ld_residual;
+};
+
 // One element or one vector of the tile through the whole update; V is float or a batch, and the
 // loads and stores are passed in so that both widths share the arithmetic.
-template <class V, class TC, class Load, class LoadTC, class Store, class StoreTC>
-void finish_element(const tile_target<TC>& t, V acc, index_t i, index_t j, Load load_partial, LoadTC load_tc,
-                    Store store_partial, StoreTC store_tc) {
+template <class V, class TC, class Load, class Store>
+void finish_element(const tile_target<TC>& t, V acc, index_t i, index_t j, Load load, Store store) {
   V v = V(t.alpha) * acc;
   if (!t.first) {
-    v = v + load_partial(t.partial + i * t.ld_partial + j);
+    v = v + load(t.partial + i * t.ld_partial + j);
   } else if (t.beta != 0.0f) {
-    v = v + V(t.beta) * load_tc(t.c + i * t.ldc + j);
+    v = v + V(t.beta) * load(t.c + i * t.ldc + j);
   }
   if (!t.last) {
-    store_partial(t.partial + i * t.ld_partial + j, v);
+    store(t.partial + i * t.ld_partial + j, v);
     return;
   }
   if (t.bias != nullptr) {
-    v = v + load_tc(t.bias + j);
+    v = v + load(t.bias + j);
   }
   if (t.gelu) {
     v = gelu_tanh(v);
   }
   if (t.residual != nullptr) {
-    v = v + load_tc(t.residual + i * t.ld_residual + j);
+    v = v + load(t.residual + i * t.ld_residual + j);
   }
-  store_tc(t.c + i * t.ldc + j, v);
+  store(t.c + i * t.ldc + j, v);
 }
 
-// Writes the valid mr x nr part of an MR x NR tile (row stride NR).
+// Writes the valid mr x nr part of a tile with row stride NR.
 template <class Arch, int NR, class TC>
 void write_tile(const float* tile, index_t mr, index_t nr, const tile_target<TC>& t) {
   using batch = xsimd::batch<float, Arch>;
@@ -162,10 +122,10 @@ void write_tile(const float* tile, index_t mr, index_t nr, const tile_target<TC>
   const index_t full = nr - nr % lanes;
   for (index_t i = 0; i < mr; ++i) {
     for (index_t j = 0; j < full; j += lanes) {
-      finish_element(t, batch::load_aligned(tile + i * NR + j), i, j, vec_load, vec_load, vec_store, vec_store);
+      finish_element(t, batch::load_aligned(tile + i * NR + j), i, j, vec_load, vec_store);
     }
     for (index_t j = full; j < nr; ++j) {
-      finish_element(t, tile[i * NR + j], i, j, scalar_load, scalar_load, scalar_store, scalar_store);
+      finish_element(t, tile[i * NR + j], i, j, scalar_load, scalar_store);
     }
   }
 }

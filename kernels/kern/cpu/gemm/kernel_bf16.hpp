@@ -1,0 +1,134 @@
+// The AVX512-BF16 micro-kernel of the CPU GEMM: vdpbf16ps, for bf16 inputs and the bf16 compute mode.
+//
+// vdpbf16ps multiplies pairs of bf16 values and adds both products to an fp32 lane, so one
+// instruction does twice the work of an fp32 FMA. Operands are packed in k pairs: a 32-bit slot
+// holds (k even, k odd) of one row of A or one column of B (the "VNNI" layout); an odd depth gets a
+// zero partner. The tile is MR x 32: 2 zmm per row, MR * 2 accumulators, as in the fp32 kernel.
+// The instruction treats subnormal bf16 inputs as zero (values below 1.2e-38).
+#pragma once
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#define KERN_HAVE_BF16_DOT_KERNEL 1
+
+#include <algorithm>
+#include <cstdint>
+
+#include <immintrin.h>
+
+#include "kern/core/dtype.hpp"
+#include "kern/cpu/gemm/kernel_f32.hpp"
+
+namespace kern::cpu::detail {
+
+// The bf16 bits the pair kernel multiplies: the element itself, or a float rounded to bf16.
+template <class T> inline std::uint16_t bf16_bits(T x) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    return x.bits;
+  } else {
+    return bf16(static_cast<float>(x)).bits;
+  }
+}
+
+template <class Arch, int MR> struct bf16_dot_kernel {
+  using arch = Arch;
+  using packed = std::uint16_t;
+  static constexpr int lanes = 16;
+  static constexpr int mr = MR;
+  static constexpr int nr = 32;
+  static constexpr int kc = 512;     // 512 x 32 x 2 bytes = 32 KiB of B in L1
+  static constexpr int mc = 14 * 24; // 336 x 512 x 2 = 336 KiB of A in L2
+  static constexpr int nc = 1024;
+  static constexpr int default_mr = 14;
+
+  static constexpr index_t padded_depth(index_t depth) { return depth + (depth & 1); }
+
+  // MR-row micro-panels of k pairs: dst[p * pd * MR + (k / 2) * 2 * MR + 2 * i + (k % 2)].
+  template <bool Round, class T>
+  static void pack_a(const op_view<T>& a, index_t row0, index_t rows, index_t col0, index_t depth, packed* dst) {
+    const index_t pd = padded_depth(depth);
+    for (index_t p0 = 0; p0 < rows; p0 += MR) {
+      const index_t valid = std::min<index_t>(MR, rows - p0);
+      packed* panel = dst + (p0 / MR) * pd * MR;
+      for (index_t k = 0; k < pd; ++k) {
+        packed* out = panel + (k / 2) * 2 * MR + (k % 2);
+        for (index_t i = 0; i < MR; ++i) {
+          out[2 * i] = (i < valid && k < depth) ? bf16_bits(a(row0 + p0 + i, col0 + k)) : packed{0};
+        }
+      }
+    }
+  }
+
+  // One 32-column micro-panel of k pairs: panel[(k / 2) * 64 + 2 * j + (k % 2)].
+  template <bool Round, class T>
+  static void pack_b(const op_view<T>& b, index_t row0, index_t depth, index_t col0, index_t cols, packed* panel) {
+    const index_t valid = std::min<index_t>(nr, cols);
+    const index_t pd = padded_depth(depth);
+    for (index_t k = 0; k < pd; ++k) {
+      packed* out = panel + (k / 2) * 2 * nr + (k % 2);
+      for (index_t j = 0; j < nr; ++j) {
+        out[2 * j] = (j < valid && k < depth) ? bf16_bits(b(row0 + k, col0 + j)) : packed{0};
+      }
+    }
+  }
+
+  // Rows of B can be paired in registers (two loads and two permutes per k pair) when B holds bf16.
+  template <bool Round, class T> static constexpr bool reads_b_directly = std::is_same_v<T, bf16>;
+
+  // Interleaves row k (low 32 values) and row k + 1 (high 32 values) of `rows` into k pairs for
+  // columns 0..15 (first) and 16..31 (second).
+  static void pair_rows(__m512i rows_k, __m512i rows_k1, __m512i& first, __m512i& second) {
+    // Lane 2j takes column j of row k, lane 2j + 1 column j of row k + 1 (index 32 + j).
+    alignas(64) static constexpr std::uint16_t low[32] = {0, 32, 1, 33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
+                                                          8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+    alignas(64) static constexpr std::uint16_t high[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21,
+                                                           53, 22, 54, 23, 55, 24, 56, 25, 57, 26, 58,
+                                                           27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+    first = _mm512_permutex2var_epi16(rows_k, _mm512_load_si512(low), rows_k1);
+    second = _mm512_permutex2var_epi16(rows_k, _mm512_load_si512(high), rows_k1);
+  }
+
+  static __m512 dot(__m512 acc, __m512i a, __m512i b) {
+    return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh&>(a), reinterpret_cast<__m512bh&>(b));
+  }
+
+  // The tile += packed A (pairs) times kc_steps rows of B: a packed panel (T = packed, ldb = 2 NR
+  // values per pair), or bf16 rows of B itself `ldb` apart (T = bf16), paired in registers.
+  template <class T> static void run(index_t kc_steps, const packed* __restrict a, const T* __restrict b, index_t ldb,
+                                     float* __restrict tile) {
+    __m512 acc[MR][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      acc[i][0] = _mm512_setzero_ps();
+      acc[i][1] = _mm512_setzero_ps();
+    }
+    const index_t pairs = padded_depth(kc_steps) / 2;
+    const auto* a32 = reinterpret_cast<const std::int32_t*>(a);
+    for (index_t kp = 0; kp < pairs; ++kp) {
+      __m512i b0, b1;
+      if constexpr (std::is_same_v<T, packed>) {
+        b0 = _mm512_loadu_si512(b + kp * ldb);
+        b1 = _mm512_loadu_si512(b + kp * ldb + 2 * lanes);
+      } else {
+        const __m512i row_k = _mm512_loadu_si512(b + 2 * kp * ldb);
+        const __m512i row_k1 =
+            2 * kp + 1 < kc_steps ? _mm512_loadu_si512(b + (2 * kp + 1) * ldb) : _mm512_setzero_si512();
+        pair_rows(row_k, row_k1, b0, b1);
+      }
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const __m512i ai = _mm512_set1_epi32(a32[kp * MR + i]);
+        acc[i][0] = dot(acc[i][0], ai, b0);
+        acc[i][1] = dot(acc[i][1], ai, b1);
+      }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      _mm512_store_ps(tile + i * nr, acc[i][0]);
+      _mm512_store_ps(tile + i * nr + lanes, acc[i][1]);
+    }
+  }
+};
+
+} // namespace kern::cpu::detail
+
+#endif
