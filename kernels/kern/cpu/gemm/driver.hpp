@@ -7,8 +7,8 @@
 //           for ir over MR panels:     micro-kernel, then the tile's epilogue
 //
 // With one block of rows (small M) the panels are split among threads instead, so that two
-// threads help even for 256-token shapes. For M <= 4 (decode) the kernel runs with MR = 4 and, where
-// it can, reads B straight from its storage: each element of B is read once, nothing is packed.
+// threads help even for 256-token shapes. For M <= 4 (decode) the kernel runs with MR = 4, and where
+// B can be read straight from its storage the small-M driver (small_m.hpp) streams it unpacked.
 // Each output element gets the same sequence of operations whatever the path (MR, packed or direct,
 // pre-packed B), so all of them give the same bits. fp32 partial sums carry between K blocks in C
 // itself (f32 output) or in a per-thread fp32 block (bf16 output, rounded once at the end).
@@ -22,6 +22,7 @@
 #include "kern/cpu/gemm/epilogue.hpp"
 #include "kern/cpu/gemm/kernel_bf16.hpp"
 #include "kern/cpu/gemm/kernel_f32.hpp"
+#include "kern/cpu/gemm/small_m.hpp"
 #include "kern/cpu/gemm/workspace.hpp"
 #include "kern/ops/gemm.hpp"
 
@@ -61,8 +62,6 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
   const index_t M = p.m(), N = p.n(), K = p.k();
   const op_view<TA> a{p.a.data, p.a.ld, p.trans_a == ops::transpose::trans};
   const op_view<TB> b{p.b.data, p.b.ld, p.trans_b == ops::transpose::trans};
-  const bool direct_b =
-      prepacked_b == nullptr && M <= small_m && !b.transposed && Kernel::template reads_b_directly<Round, TB>;
   // Partial sums of earlier K blocks go to C itself when C is f32, unless C is also the residual
   // and there are several K blocks (the residual must still be the original C at the last block).
   const bool partial_in_c =
@@ -77,7 +76,7 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
     const packed* packed_b = nullptr;
     if (prepacked_b != nullptr) {
       packed_b = prepacked_b + (jc / NR) * Kernel::padded_depth(K) * NR;
-    } else if (!direct_b) {
+    } else {
       auto* block = thread_workspace<typename Kernel::arch, 0, packed>(packed_b_size<Kernel>(K, nc));
       pack_b_block<Kernel, Round>(context(threads), b, K, jc, nc, block);
       packed_b = block;
@@ -89,7 +88,6 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
     parallel_region(context(static_cast<int>(std::min<index_t>(threads, items))), [&](int thread, int thread_count) {
       using arch = typename Kernel::arch;
       packed* packed_a = thread_workspace<arch, 1, packed>(static_cast<std::size_t>(Kernel::mc) * Kernel::kc + 64);
-      packed* edge_b = thread_workspace<arch, 3, packed>(static_cast<std::size_t>(Kernel::kc) * NR + 64);
       alignas(64) float tile[MR * NR];
       for (index_t item = thread; item < items; item += thread_count) {
         const index_t ic = (item / splits) * Kernel::mc, mc = std::min<index_t>(Kernel::mc, M - ic);
@@ -112,14 +110,7 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
             const index_t nr = std::min<index_t>(NR, j1 - jr);
             for (index_t ir = 0; ir < mc; ir += MR) {
               const packed* a_panel = packed_a + (ir / MR) * depth * MR;
-              if (!direct_b) {
-                Kernel::run(kc, a_panel, packed_b + pc * panels * NR + (jr / NR) * depth * NR, packed_ldb, tile);
-              } else if (nr == NR) {
-                Kernel::run(kc, a_panel, p.b.data + pc * p.b.ld + jc + jr, p.b.ld, tile);
-              } else { // the last, partial panel: packed with zeros (once per K block, M <= 4 rows)
-                Kernel::template pack_b<Round>(b, pc, kc, jc + jr, nr, edge_b);
-                Kernel::run(kc, a_panel, edge_b, packed_ldb, tile);
-              }
+              Kernel::run(kc, a_panel, packed_b + pc * panels * NR + (jr / NR) * depth * NR, packed_ldb, tile);
               const index_t row = ic + ir, col = jc + jr;
               tile_target<TC> t{p.alpha,
                                 p.beta,
@@ -140,7 +131,7 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
                 t.partial = partial + ir * ld_partial + (jr - j0);
                 t.ld_partial = ld_partial;
               }
-              write_tile<arch, NR>(tile, std::min<index_t>(MR, mc - ir), nr, t);
+              write_tile<arch>(tile, NR, std::min<index_t>(MR, mc - ir), nr, t);
             }
           }
         }
@@ -167,7 +158,7 @@ template <class Arch, class TA, class TB, class TC> void gemm_epilogue_only(cons
                               p.gelu,
                               p.residual.data ? p.residual.data + i * p.residual.ld + j : nullptr,
                               p.residual.ld};
-      write_tile<Arch, cols>(zeros, std::min<index_t>(rows, p.m() - i), std::min<index_t>(cols, p.n() - j), t);
+      write_tile<Arch>(zeros, cols, std::min<index_t>(rows, p.m() - i), std::min<index_t>(cols, p.n() - j), t);
     }
   }
 }
@@ -220,13 +211,20 @@ void gemm_run(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const v
     return;
   }
   const bool round = p.compute == ops::gemm_compute::bf16 && std::is_same_v<TA, float>;
-  with_kernel<Arch>(
-      use_bf16_dot<Arch>(dtype_of_v<TB>, p.compute), p.m() <= small_m, round, [&](auto kernel, auto round_tag) {
-        using K = decltype(kernel);
-        if constexpr (!(decltype(round_tag)::value && !std::is_same_v<TA, float>)) {
-          gemm_blocked<K, decltype(round_tag)::value>(ctx, p, static_cast<const typename K::packed*>(prepacked_b));
-        }
-      });
+  with_kernel<Arch>(use_bf16_dot<Arch>(dtype_of_v<TB>, p.compute), p.m() <= small_m, round,
+                    [&](auto kernel, auto round_tag) {
+                      using K = decltype(kernel);
+                      if constexpr (!(decltype(round_tag)::value && !std::is_same_v<TA, float>)) {
+                        constexpr bool round_b = decltype(round_tag)::value;
+                        if constexpr (K::template reads_b_directly<round_b, TB>) {
+                          if (prepacked_b == nullptr && p.m() <= small_m && p.trans_b == ops::transpose::none) {
+                            gemm_small_m<K, round_b>(ctx, p);
+                            return;
+                          }
+                        }
+                        gemm_blocked<K, round_b>(ctx, p, static_cast<const typename K::packed*>(prepacked_b));
+                      }
+                    });
 }
 
 // Packs all of op(B) (k x n) for gemm_run into `dst`, which holds packed_b_bytes<Arch>(...) bytes.

@@ -110,9 +110,9 @@ void finish_element(const tile_target<TC>& t, V acc, index_t i, index_t j, Load 
   store(t.c + i * t.ldc + j, v);
 }
 
-// Writes the valid mr x nr part of a tile with row stride NR.
-template <class Arch, int NR, class TC>
-void write_tile(const float* tile, index_t mr, index_t nr, const tile_target<TC>& t) {
+// Writes the valid mr x nr part of a tile of fp32 sums with row stride ld_tile (a multiple of lanes).
+template <class Arch, class TC>
+void write_tile(const float* tile, index_t ld_tile, index_t mr, index_t nr, const tile_target<TC>& t) {
   using batch = xsimd::batch<float, Arch>;
   constexpr index_t lanes = static_cast<index_t>(batch::size);
   const auto vec_load = [](const auto* p) { return load_float<Arch>(p); };
@@ -122,10 +122,10 @@ void write_tile(const float* tile, index_t mr, index_t nr, const tile_target<TC>
   const index_t full = nr - nr % lanes;
   for (index_t i = 0; i < mr; ++i) {
     for (index_t j = 0; j < full; j += lanes) {
-      finish_element(t, batch::load_aligned(tile + i * NR + j), i, j, vec_load, vec_store);
+      finish_element(t, batch::load_aligned(tile + i * ld_tile + j), i, j, vec_load, vec_store);
     }
     for (index_t j = full; j < nr; ++j) {
-      finish_element(t, tile[i * NR + j], i, j, scalar_load, scalar_store);
+      finish_element(t, tile[i * ld_tile + j], i, j, scalar_load, scalar_store);
     }
   }
 }

@@ -91,6 +91,32 @@ template <class Arch, int MR> struct bf16_dot_kernel {
     return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh&>(a), reinterpret_cast<__m512bh&>(b));
   }
 
+  // The small-M form, for decode: pairs of bf16 rows of B streamed whole (`width` columns, a
+  // multiple of NR) into fp32 sums acc[i * ld_acc + j] of the first `rows` (<= MR) rows, with the same operation
+  // sequence per element as run(). B rows are `ldb` apart; an odd last row pairs with zeros.
+  static void accumulate_rows(index_t kc_steps, const packed* __restrict a, index_t rows, const bf16* __restrict b,
+                              index_t ldb, index_t width, float* __restrict acc, index_t ld_acc) {
+    const auto* a32 = reinterpret_cast<const std::int32_t*>(a);
+    for (index_t kp = 0; kp < padded_depth(kc_steps) / 2; ++kp) {
+      const bf16* row_k = b + 2 * kp * ldb;
+      const bool has_partner = 2 * kp + 1 < kc_steps;
+      for (index_t j = 0; j < width; j += nr) {
+        // The same columns of the next pair of rows (see the fp32 kernel).
+        __builtin_prefetch(row_k + 2 * ldb + j, 0, 3);
+        __builtin_prefetch(row_k + 3 * ldb + j, 0, 3);
+        __m512i b0, b1;
+        pair_rows(_mm512_loadu_si512(row_k + j),
+                  has_partner ? _mm512_loadu_si512(row_k + ldb + j) : _mm512_setzero_si512(), b0, b1);
+        for (index_t i = 0; i < rows; ++i) {
+          const __m512i ai = _mm512_set1_epi32(a32[kp * MR + i]);
+          float* sum = acc + i * ld_acc + j;
+          _mm512_store_ps(sum, dot(_mm512_load_ps(sum), ai, b0));
+          _mm512_store_ps(sum + lanes, dot(_mm512_load_ps(sum + lanes), ai, b1));
+        }
+      }
+    }
+  }
+
   // The tile += packed A (pairs) times kc_steps rows of B: a packed panel (T = packed, ldb = 2 NR
   // values per pair), or bf16 rows of B itself `ldb` apart (T = bf16), paired in registers.
   template <class T> static void run(index_t kc_steps, const packed* __restrict a, const T* __restrict b, index_t ldb,

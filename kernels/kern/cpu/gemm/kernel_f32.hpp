@@ -109,6 +109,27 @@ template <class Arch, int MR> struct f32_fma_kernel {
   // rounding is needed: the small-M path does so instead of packing.
   template <bool Round, class T> static constexpr bool reads_b_directly = !Round;
 
+  // The small-M form, for decode: rows of B streamed whole (`width` columns, a multiple of NR)
+  // into fp32 sums acc[i * ld_acc + j] of the first `rows` (<= MR) rows, with the same operation
+  // sequence per element as run(). B rows are `ldb` apart.
+  template <class T> static void accumulate_rows(index_t kc_steps, const float* __restrict a, index_t rows,
+                                                 const T* __restrict b, index_t ldb, index_t width,
+                                                 float* __restrict acc, index_t ld_acc) {
+    for (index_t k = 0; k < kc_steps; ++k) {
+      const T* row = b + k * ldb;
+      for (index_t j = 0; j < width; j += lanes) {
+        // The same columns of the next row: a whole row ahead, which hides DRAM latency where the
+        // hardware prefetchers stop at page boundaries.
+        __builtin_prefetch(row + ldb + j, 0, 3);
+        const batch bv = load_float<Arch>(row + j);
+        for (index_t i = 0; i < rows; ++i) {
+          float* sum = acc + i * ld_acc + j;
+          xsimd::fma(batch(a[k * MR + i]), bv, batch::load_aligned(sum)).store_aligned(sum);
+        }
+      }
+    }
+  }
+
   // The tile += packed A panel (kc x MR) times kc rows of NR values of B, `ldb` apart; B is either a
   // packed panel (ldb = NR) or B itself (T float or bf16).
   template <class T> static void run(index_t kc_steps, const float* __restrict a, const T* __restrict b, index_t ldb,
