@@ -10,6 +10,9 @@ tools/setup-deps.sh
 presets=("$@")
 [ ${#presets[@]} -gt 0 ] || presets=(release debug-asan)
 jobs=$(nproc)
+# Tests run in parallel and each may start OpenMP threads: idle threads must sleep, not spin, or
+# two tests on two cores slow each other down many times over.
+export OMP_WAIT_POLICY=passive
 status=0
 summary=""
 for preset in "${presets[@]}"; do

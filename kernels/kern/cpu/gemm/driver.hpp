@@ -53,6 +53,16 @@ template <class Kernel, bool Round, class TB> void pack_b_block(const context& c
   });
 }
 
+// Asks for the cache lines of a rows x bytes tile (row stride `stride` bytes) ahead of its use.
+inline void prefetch_tile(const void* tile, index_t stride, index_t rows, index_t bytes) {
+  const auto* base = static_cast<const char*>(tile);
+  for (index_t i = 0; i < rows; ++i) {
+    for (index_t offset = 0; offset < bytes; offset += 64) {
+      __builtin_prefetch(base + i * stride + offset, 1, 3);
+    }
+  }
+}
+
 template <class Kernel, bool Round, class TA, class TB, class TC> void
 gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const typename Kernel::packed* prepacked_b) {
   using packed = typename Kernel::packed;
@@ -110,6 +120,11 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
             const index_t nr = std::min<index_t>(NR, j1 - jr);
             for (index_t ir = 0; ir < mc; ir += MR) {
               const packed* a_panel = packed_a + (ir / MR) * depth * MR;
+              // The tile's rows of C (or of the partial sums) arrive while the kernel computes.
+              prefetch_tile(partial_in_c ? static_cast<const void*>(p.c.data + (ic + ir) * p.c.ld + jc + jr)
+                                         : partial + ir * ld_partial + (jr - j0),
+                            (partial_in_c ? p.c.ld * index_t{sizeof(TC)} : ld_partial * index_t{sizeof(float)}),
+                            std::min<index_t>(MR, mc - ir), nr * index_t{sizeof(float)});
               Kernel::run(kc, a_panel, packed_b + pc * panels * NR + (jr / NR) * depth * NR, packed_ldb, tile);
               const index_t row = ic + ir, col = jc + jr;
               tile_target<TC> t{p.alpha,
