@@ -29,6 +29,17 @@ template <class T> inline std::uint16_t bf16_bits(T x) {
   }
 }
 
+// 32 consecutive values as bf16 in one register: loaded as they are, or rounded from fp32
+// (vcvtne2ps2bf16: round to nearest even; subnormals become zero, as vdpbf16ps treats them anyway).
+template <class T> inline __m512i load_bf16x32(const T* src) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    return _mm512_loadu_si512(src);
+  } else {
+    const __m512bh both = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
+    return reinterpret_cast<const __m512i&>(both);
+  }
+}
+
 template <class Arch, int MR> struct bf16_dot_kernel {
   using arch = Arch;
   using packed = std::uint16_t;
@@ -49,7 +60,24 @@ template <class Arch, int MR> struct bf16_dot_kernel {
     for (index_t p0 = 0; p0 < rows; p0 += MR) {
       const index_t valid = std::min<index_t>(MR, rows - p0);
       packed* panel = dst + (p0 / MR) * pd * MR;
-      for (index_t k = 0; k < pd; ++k) {
+      index_t k = 0;
+      if (!a.transposed && valid == MR) {
+        // A k pair of one row is 32 contiguous bits of that row: 32 k of MR rows are a 16 x MR
+        // transpose of 32-bit lanes, done in registers as in the fp32 kernel.
+        constexpr __mmask16 row_mask = static_cast<__mmask16>((1u << MR) - 1u);
+        const T* rows_base = a.data + (row0 + p0) * a.ld + col0;
+        for (; k + 32 <= depth; k += 32) {
+          __m512 r[16];
+          for (int i = 0; i < 16; ++i) {
+            r[i] = i < MR ? _mm512_castsi512_ps(load_bf16x32(rows_base + i * a.ld + k)) : _mm512_setzero_ps();
+          }
+          f32_fma_kernel<Arch, 16>::transpose16(r);
+          for (int j = 0; j < 16; ++j) {
+            _mm512_mask_storeu_ps(reinterpret_cast<float*>(panel + (k / 2 + j) * 2 * MR), row_mask, r[j]);
+          }
+        }
+      }
+      for (; k < pd; ++k) {
         packed* out = panel + (k / 2) * 2 * MR + (k % 2);
         for (index_t i = 0; i < MR; ++i) {
           out[2 * i] = (i < valid && k < depth) ? bf16_bits(a(row0 + p0 + i, col0 + k)) : packed{0};
@@ -63,7 +91,17 @@ template <class Arch, int MR> struct bf16_dot_kernel {
   static void pack_b(const op_view<T>& b, index_t row0, index_t depth, index_t col0, index_t cols, packed* panel) {
     const index_t valid = std::min<index_t>(nr, cols);
     const index_t pd = padded_depth(depth);
-    for (index_t k = 0; k < pd; ++k) {
+    index_t k = 0;
+    if (!b.transposed && valid == nr) { // rows k and k + 1, paired in registers
+      for (; k + 2 <= depth; k += 2) {
+        const T* row = b.data + (row0 + k) * b.ld + col0;
+        __m512i first, second;
+        pair_rows(load_bf16x32(row), load_bf16x32(row + b.ld), first, second);
+        _mm512_storeu_si512(panel + k * nr, first);
+        _mm512_storeu_si512(panel + k * nr + 2 * lanes, second);
+      }
+    }
+    for (; k < pd; ++k) {
       packed* out = panel + (k / 2) * 2 * nr + (k % 2);
       for (index_t j = 0; j < nr; ++j) {
         out[2 * j] = (j < valid && k < depth) ? bf16_bits(b(row0 + k, col0 + j)) : packed{0};
