@@ -100,6 +100,19 @@ template <class Arch, int MR> struct bf16_dot_kernel {
         _mm512_storeu_si512(panel + k * nr, first);
         _mm512_storeu_si512(panel + k * nr + 2 * lanes, second);
       }
+    } else if (b.transposed && valid == nr) { // B^T's rows hold k pairs contiguously: 32-bit transposes
+      for (; k + 32 <= depth; k += 32) {
+        for (int half = 0; half < 2; ++half) {
+          __m512 r[16];
+          for (int j = 0; j < 16; ++j) {
+            r[j] = _mm512_castsi512_ps(load_bf16x32(b.data + (col0 + half * 16 + j) * b.ld + row0 + k));
+          }
+          f32_fma_kernel<Arch, 16>::transpose16(r);
+          for (int kp = 0; kp < 16; ++kp) {
+            _mm512_storeu_ps(reinterpret_cast<float*>(panel + (k / 2 + kp) * 2 * nr + half * 2 * lanes), r[kp]);
+          }
+        }
+      }
     }
     for (; k < pd; ++k) {
       packed* out = panel + (k / 2) * 2 * nr + (k % 2);

@@ -111,9 +111,29 @@ template <class Arch, int MR> struct f32_fma_kernel {
       }
     }
   }
+
+  // NR = 32 rows of B^T (`ld` apart) into one B micro-panel, panel[k * 32 + j], sixteen k at a
+  // time; returns how many k it packed (a multiple of 16).
+  static index_t pack_columns_transposed(const float* rows, index_t ld, index_t depth, float* panel) {
+    index_t k0 = 0;
+    for (; k0 + 16 <= depth; k0 += 16) {
+      for (int half = 0; half < 2; ++half) {
+        __m512 r[16];
+        for (int j = 0; j < 16; ++j) {
+          r[j] = _mm512_loadu_ps(rows + (half * 16 + j) * ld + k0);
+        }
+        transpose16(r);
+        for (int k = 0; k < 16; ++k) {
+          _mm512_store_ps(panel + (k0 + k) * 32 + half * 16, r[k]);
+        }
+      }
+    }
+    return k0;
+  }
 #else
   template <bool Round, class T> static constexpr bool fast_pack_rows = false;
   static void pack_rows_transposed(const float*, index_t, index_t, float*) {}
+  static index_t pack_columns_transposed(const float*, index_t, index_t, float*) { return 0; }
 #endif
 
   // Rows [row0, row0 + rows) x columns [col0, col0 + depth) of op(A) into MR-row micro-panels:
@@ -139,8 +159,11 @@ template <class Arch, int MR> struct f32_fma_kernel {
       } else {
         for (index_t k = 0; k < depth; ++k) {
           const T* src = a.data + (col0 + k) * a.ld + row0 + p0;
-          for (index_t i = 0; i < MR; ++i) {
-            panel[k * MR + i] = i < valid ? packed_value<Round>(src[i]) : 0.0f;
+          for (index_t i = 0; i < valid; ++i) {
+            panel[k * MR + i] = packed_value<Round>(src[i]);
+          }
+          for (index_t i = valid; i < MR; ++i) {
+            panel[k * MR + i] = 0.0f;
           }
         }
       }
@@ -172,9 +195,15 @@ template <class Arch, int MR> struct f32_fma_kernel {
         }
       }
     } else {
+      index_t k_done = 0;
+      if constexpr (fast_pack_rows<Round, T> && lanes == 16) {
+        if (valid == nr) { // B^T's rows are op(B)'s columns: two 16 x 16 transposes per 16 k
+          k_done = pack_columns_transposed(b.data + col0 * b.ld + row0, b.ld, depth, panel);
+        }
+      }
       for (index_t j = 0; j < valid; ++j) {
         const T* src = b.data + (col0 + j) * b.ld + row0;
-        for (index_t k = 0; k < depth; ++k) {
+        for (index_t k = k_done; k < depth; ++k) {
           panel[k * nr + j] = packed_value<Round>(src[k]);
         }
       }
