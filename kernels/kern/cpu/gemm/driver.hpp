@@ -77,8 +77,16 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
   const bool partial_in_c =
       std::is_same_v<TC, float> && !(p.residual.data == p.c.data && p.residual.data != nullptr && K > Kernel::kc);
 
-  const index_t ic_blocks = (M + Kernel::mc - 1) / Kernel::mc;
   const int threads = effective_threads(ctx);
+  // Row blocks of at most MC rows, as many as a multiple of the thread count when there are more
+  // blocks than threads, and of equal size (in whole MR panels): 1024 rows on 2 threads are 4
+  // blocks of 266, 266, 266, 226 rows, not 336, 336, 336, 16, which would leave one thread idle.
+  index_t ic_blocks = (M + Kernel::mc - 1) / Kernel::mc;
+  if (ic_blocks > threads) {
+    ic_blocks = (ic_blocks + threads - 1) / threads * threads;
+  }
+  const index_t mc_even = ((M + ic_blocks - 1) / ic_blocks + MR - 1) / MR * MR;
+  ic_blocks = (M + mc_even - 1) / mc_even;
 
   for (index_t jc = 0; jc < N; jc += Kernel::nc) {
     const index_t nc = std::min<index_t>(Kernel::nc, N - jc);
@@ -100,7 +108,7 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
       packed* packed_a = thread_workspace<arch, 1, packed>(static_cast<std::size_t>(Kernel::mc) * Kernel::kc + 64);
       alignas(64) float tile[MR * NR];
       for (index_t item = thread; item < items; item += thread_count) {
-        const index_t ic = (item / splits) * Kernel::mc, mc = std::min<index_t>(Kernel::mc, M - ic);
+        const index_t ic = (item / splits) * mc_even, mc = std::min<index_t>(mc_even, M - ic);
         const range share = split_evenly(panels, static_cast<int>(splits), static_cast<int>(item % splits));
         const index_t j0 = share.begin * NR, j1 = std::min<index_t>(nc, share.end * NR);
         if (j0 >= j1) {
