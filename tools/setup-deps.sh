@@ -10,6 +10,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev  # tests and benchmarks
   libopenblas-dev libdnnl-dev ocl-icd-opencl-dev libeigen3-dev  # benchmark peers
   clang-format clang-tidy                     # style checks
+  g++-aarch64-linux-gnu qemu-user             # the NEON path, cross-compiled and emulated
   python3-matplotlib python3-numpy            # tools/bench_report.py
 )
 
