@@ -134,26 +134,8 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
                             (partial_in_c ? p.c.ld * index_t{sizeof(TC)} : ld_partial * index_t{sizeof(float)}),
                             std::min<index_t>(MR, mc - ir), nr * index_t{sizeof(float)});
               Kernel::run(kc, a_panel, packed_b + pc * panels * NR + (jr / NR) * depth * NR, packed_ldb, tile);
-              const index_t row = ic + ir, col = jc + jr;
-              tile_target<TC> t{p.alpha,
-                                p.beta,
-                                pc == 0,
-                                pc + kc == K,
-                                nullptr,
-                                0,
-                                p.c.data + row * p.c.ld + col,
-                                p.c.ld,
-                                p.bias ? p.bias + col : nullptr,
-                                p.gelu,
-                                p.residual.data ? p.residual.data + row * p.residual.ld + col : nullptr,
-                                p.residual.ld};
-              if (partial_in_c) {
-                t.partial = reinterpret_cast<float*>(t.c); // TC is float here
-                t.ld_partial = t.ldc;
-              } else {
-                t.partial = partial + ir * ld_partial + (jr - j0);
-                t.ld_partial = ld_partial;
-              }
+              const auto t = tile_target_at(p, ic + ir, jc + jr, p.alpha, pc == 0, pc + kc == K,
+                                            partial_in_c ? nullptr : partial + ir * ld_partial + (jr - j0), ld_partial);
               write_tile<arch>(tile, NR, std::min<index_t>(MR, mc - ir), nr, t);
             }
           }
@@ -169,18 +151,7 @@ template <class Arch, class TA, class TB, class TC> void gemm_epilogue_only(cons
   alignas(64) float zeros[rows * cols] = {};
   for (index_t i = 0; i < p.m(); i += rows) {
     for (index_t j = 0; j < p.n(); j += cols) {
-      const tile_target<TC> t{0.0f,
-                              p.beta,
-                              true,
-                              true,
-                              nullptr,
-                              0,
-                              p.c.data + i * p.c.ld + j,
-                              p.c.ld,
-                              p.bias ? p.bias + j : nullptr,
-                              p.gelu,
-                              p.residual.data ? p.residual.data + i * p.residual.ld + j : nullptr,
-                              p.residual.ld};
+      const auto t = tile_target_at(p, i, j, 0.0f, true, true, nullptr, 0);
       write_tile<Arch>(zeros, cols, std::min<index_t>(rows, p.m() - i), std::min<index_t>(cols, p.n() - j), t);
     }
   }

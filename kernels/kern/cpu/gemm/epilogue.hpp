@@ -13,6 +13,7 @@
 #include "kern/core/dtype.hpp"
 #include "kern/core/view.hpp"
 #include "kern/cpu/isa.hpp"
+#include "kern/ops/gemm.hpp"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -83,6 +84,32 @@ template <class TC> struct tile_target {
   const TC* residual; // at this tile's first element, or null
   index_t ld_residual;
 };
+
+// The target of the tile whose first element is C(row, col), in the K block [first, last]; partial
+// sums in `partial` (row stride ld_partial), or in C itself when partial is null (f32 C only).
+template <class TA, class TB, class TC>
+tile_target<TC> tile_target_at(const ops::gemm_params<TA, TB, TC>& p, index_t row, index_t col, float alpha, bool first,
+                               bool last, float* partial, index_t ld_partial) {
+  tile_target<TC> t{alpha,
+                    p.beta,
+                    first,
+                    last,
+                    partial,
+                    ld_partial,
+                    p.c.data + row * p.c.ld + col,
+                    p.c.ld,
+                    p.bias ? p.bias + col : nullptr,
+                    p.gelu,
+                    p.residual.data ? p.residual.data + row * p.residual.ld + col : nullptr,
+                    p.residual.ld};
+  if constexpr (std::is_same_v<TC, float>) {
+    if (partial == nullptr) {
+      t.partial = t.c;
+      t.ld_partial = t.ldc;
+    }
+  }
+  return t;
+}
 
 // One element or one vector of the tile through the whole update; V is float or a batch, and the
 // loads and stores are passed in so that both widths share the arithmetic.

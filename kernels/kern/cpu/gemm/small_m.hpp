@@ -53,18 +53,7 @@ void gemm_small_m(const context& ctx, const ops::gemm_params<TA, TB, TC>& p) {
           }
           Kernel::accumulate_rows(kc, packed_a, M, edge, NR, NR, sums + full, padded_cols);
         }
-        tile_target<TC> t{p.alpha,
-                          p.beta,
-                          pc == 0,
-                          pc + kc == K,
-                          partial_in_c ? reinterpret_cast<float*>(p.c.data + j0) : partial,
-                          partial_in_c ? p.c.ld : cols,
-                          p.c.data + j0,
-                          p.c.ld,
-                          p.bias ? p.bias + j0 : nullptr,
-                          p.gelu,
-                          p.residual.data ? p.residual.data + j0 : nullptr,
-                          p.residual.ld};
+        const auto t = tile_target_at(p, 0, j0, p.alpha, pc == 0, pc + kc == K, partial_in_c ? nullptr : partial, cols);
         write_tile<arch>(sums, padded_cols, M, cols, t);
       }
     }
