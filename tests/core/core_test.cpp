@@ -28,7 +28,7 @@ std::string message_of(auto&& call) {
 }
 
 TEST(MatrixView, AddressesRowMajorWithLeadingDimension) {
-  std::vector<int> storage(3 * 5);
+  std::vector<int> storage(std::size_t{3} * 5);
   for (int i = 0; i < 15; ++i) {
     storage[i] = i;
   }
@@ -46,7 +46,7 @@ TEST(MatrixView, AddressesRowMajorWithLeadingDimension) {
 }
 
 TEST(TensorView, StridedIndexing) {
-  std::vector<float> storage(2 * 3 * 4);
+  std::vector<float> storage(std::size_t{2} * 3 * 4);
   const kern::tensor_view<float, 3> t(storage.data(), {2, 3, 4});
   EXPECT_EQ(t.strides, (std::array<index_t, 3>{12, 4, 1}));
   EXPECT_TRUE(t.is_contiguous());

@@ -64,10 +64,10 @@ template <class TA, class TB, class TC> void check_packed_matches(const shape& s
       << "packed and unpacked B differ";
 }
 
-const std::vector<shape> shapes = {{1, 50, 768, transpose::none},   {1, 50, 768, transpose::trans},
-                                   {3, 1000, 77, transpose::none},  {4, 33, 1001, transpose::none},
-                                   {5, 65, 400, transpose::none},   {64, 257, 1000, transpose::trans},
-                                   {130, 1100, 31, transpose::none}};
+constexpr shape shapes[] = {{1, 50, 768, transpose::none},   {1, 50, 768, transpose::trans},
+                            {3, 1000, 77, transpose::none},  {4, 33, 1001, transpose::none},
+                            {5, 65, 400, transpose::none},   {64, 257, 1000, transpose::trans},
+                            {130, 1100, 31, transpose::none}};
 
 TEST(CpuGemmPacked, F32MatchesUnpacked) {
   for (const auto& s : shapes) {
@@ -88,7 +88,7 @@ TEST(CpuGemmPacked, Bf16MatchesUnpacked) {
 }
 
 TEST(CpuGemmPacked, RejectsAMismatchedPackedB) {
-  std::vector<float> b(12 * 8), a(5 * 12), c(5 * 8);
+  std::vector<float> b(std::size_t{12} * 8), a(std::size_t{5} * 12), c(std::size_t{5} * 8);
   const kern::cpu::context ctx(1);
   const auto packed = kern::cpu::pack_gemm_b(ctx, kern::matrix_view<const float>(b.data(), 12, 8), transpose::none);
   EXPECT_EQ(packed.k(), 12);
@@ -113,7 +113,7 @@ TEST(CpuGemmPacked, RejectsAMismatchedPackedB) {
   p.c = {c.data(), 5, 8};
   p.compute = gemm_compute::bf16;
   EXPECT_NE(message(p).find("another compute mode"), std::string::npos) << message(p);
-  std::vector<bf16> ab(5 * 12), bb(12 * 8);
+  std::vector<bf16> ab(std::size_t{5} * 12), bb(std::size_t{12} * 8);
   kern::ops::gemm_params<bf16, bf16, float> q;
   q.a = {ab.data(), 5, 12};
   q.c = {c.data(), 5, 8};

@@ -39,6 +39,7 @@ class describe_isa : public testing::Environment {
 public:
   void SetUp() override { std::cout << "[ kern     ] " << kern::cpu::describe() << std::endl; }
 };
+// NOLINTNEXTLINE(cert-err58-cpp): GoogleTest registers environments at static initialization
 [[maybe_unused]] testing::Environment* const isa_environment = testing::AddGlobalTestEnvironment(new describe_isa);
 
 // ---------------------------------------------------------------------------------------------
@@ -613,7 +614,7 @@ TEST(CpuGemm, RejectsBadArguments) {
   auto with = [&](auto change) {
     params p = valid();
     change(p);
-    const std::vector<float> before = c;
+    const std::vector<float> before = c; // NOLINT(performance-unnecessary-copy-initialization): a snapshot
     std::string message = message_of(p);
     if (message != "(no kern::error thrown)") {
       EXPECT_EQ(c, before) << "a rejected call wrote C: " << message; // validation comes before any write

@@ -184,12 +184,12 @@ inline cpu_info detect() {
 #endif
   info.threads = default_thread_count();
 #if defined(__linux__)
-  info.l1d_bytes = sysconf_or(_SC_LEVEL1_DCACHE_SIZE, 32 * 1024);
-  info.l2_bytes = sysconf_or(_SC_LEVEL2_CACHE_SIZE, 1024 * 1024);
+  info.l1d_bytes = sysconf_or(_SC_LEVEL1_DCACHE_SIZE, 32L * 1024);
+  info.l2_bytes = sysconf_or(_SC_LEVEL2_CACHE_SIZE, 1024L * 1024);
   info.l3_bytes = sysconf_or(_SC_LEVEL3_CACHE_SIZE, 0);
 #else
-  info.l1d_bytes = 32 * 1024;
-  info.l2_bytes = 1024 * 1024;
+  info.l1d_bytes = 32L * 1024;
+  info.l2_bytes = 1024L * 1024;
 #endif
   return info;
 }

@@ -16,8 +16,6 @@ namespace kern {
 
 namespace detail {
 
-struct from_bits_t {};
-
 // float -> bf16 bits, IEEE round-to-nearest-even. bf16 is the upper half of a float, so this is a
 // rounding of the low 16 bits: adding 0x7fff plus the lowest kept bit carries into the kept half
 // exactly when the dropped half is above the midpoint, or at it with an odd kept half. Overflow
@@ -86,50 +84,65 @@ constexpr float f16_bits_to_float(std::uint16_t half) noexcept {
 
 } // namespace detail
 
-// CRTP base for the two 16-bit types: storage, bit access, arithmetic and comparison through float.
-template <class Derived> struct float16_storage {
+// The two 16-bit types share this base: the bits, and arithmetic and comparison through float.
+// Format describes one encoding: static to_float(bits) and from_float(value).
+template <class Derived, class Format> struct float16_storage {
   std::uint16_t bits;
 
-  constexpr float to_float() const noexcept { return static_cast<const Derived&>(*this).to_float_impl(); }
-  constexpr operator float() const noexcept {
-    return to_float();
-  } // NOLINT(google-explicit-constructor): exact widening
+  float16_storage() = default;
+  constexpr explicit float16_storage(std::uint16_t raw) noexcept : bits(raw) {}
+
+  static constexpr Derived from_bits(std::uint16_t raw) noexcept { return Derived(raw, raw_bits_tag{}); }
+  constexpr float to_float() const noexcept { return Format::to_float(bits); }
+  // Implicit on purpose: widening to float is exact, and arithmetic goes through it.
+  constexpr operator float() const noexcept { return to_float(); } // NOLINT(google-explicit-constructor)
 
   constexpr Derived& operator+=(float rhs) noexcept { return assign(to_float() + rhs); }
   constexpr Derived& operator-=(float rhs) noexcept { return assign(to_float() - rhs); }
   constexpr Derived& operator*=(float rhs) noexcept { return assign(to_float() * rhs); }
   constexpr Derived& operator/=(float rhs) noexcept { return assign(to_float() / rhs); }
 
+protected:
+  struct raw_bits_tag {};
+
 private:
   constexpr Derived& assign(float value) noexcept {
-    auto& self = static_cast<Derived&>(*this);
-    self = Derived(value);
-    return self;
+    bits = Format::from_float(value);
+    return static_cast<Derived&>(*this);
   }
 };
 
+namespace detail {
+struct bf16_format {
+  static constexpr float to_float(std::uint16_t bits) noexcept { return bf16_bits_to_float(bits); }
+  static constexpr std::uint16_t from_float(float value) noexcept { return float_to_bf16_bits(value); }
+};
+struct f16_format {
+  static constexpr float to_float(std::uint16_t bits) noexcept { return f16_bits_to_float(bits); }
+  static constexpr std::uint16_t from_float(float value) noexcept { return float_to_f16_bits(value); }
+};
+} // namespace detail
+
 // bfloat16: 1 sign, 8 exponent, 7 mantissa bits (the top half of a float).
-struct bf16 : float16_storage<bf16> {
+struct bf16 : float16_storage<bf16, detail::bf16_format> {
   bf16() = default;
-  constexpr explicit bf16(float value) noexcept : float16_storage{detail::float_to_bf16_bits(value)} {}
-  constexpr bf16(detail::from_bits_t, std::uint16_t raw) noexcept : float16_storage{raw} {}
-  static constexpr bf16 from_bits(std::uint16_t raw) noexcept { return {detail::from_bits_t{}, raw}; }
-  constexpr float to_float_impl() const noexcept { return detail::bf16_bits_to_float(bits); }
+  constexpr explicit bf16(float value) noexcept : float16_storage(detail::float_to_bf16_bits(value)) {}
+  constexpr bf16(std::uint16_t raw, raw_bits_tag) noexcept : float16_storage(raw) {}
 };
 
 // IEEE 754 binary16: 1 sign, 5 exponent, 10 mantissa bits.
-struct f16 : float16_storage<f16> {
+struct f16 : float16_storage<f16, detail::f16_format> {
   f16() = default;
-  constexpr explicit f16(float value) noexcept : float16_storage{detail::float_to_f16_bits(value)} {}
-  constexpr f16(detail::from_bits_t, std::uint16_t raw) noexcept : float16_storage{raw} {}
-  static constexpr f16 from_bits(std::uint16_t raw) noexcept { return {detail::from_bits_t{}, raw}; }
-  constexpr float to_float_impl() const noexcept { return detail::f16_bits_to_float(bits); }
+  constexpr explicit f16(float value) noexcept : float16_storage(detail::float_to_f16_bits(value)) {}
+  constexpr f16(std::uint16_t raw, raw_bits_tag) noexcept : float16_storage(raw) {}
 };
 
-static_assert(sizeof(bf16) == 2 && alignof(bf16) == 2 && std::is_standard_layout_v<bf16> &&
-              std::is_trivially_copyable_v<bf16> && std::is_trivially_default_constructible_v<bf16>);
-static_assert(sizeof(f16) == 2 && alignof(f16) == 2 && std::is_standard_layout_v<f16> &&
-              std::is_trivially_copyable_v<f16> && std::is_trivially_default_constructible_v<f16>);
+// The layout of CUDA's and HIP's 16-bit types: two bytes, two-byte aligned, plain data.
+static_assert(sizeof(bf16) == 2 && sizeof(f16) == 2);
+static_assert(alignof(bf16) == 2 && alignof(f16) == 2);
+static_assert(std::is_standard_layout_v<bf16> && std::is_standard_layout_v<f16>);
+static_assert(std::is_trivially_copyable_v<bf16> && std::is_trivially_copyable_v<f16>);
+static_assert(std::is_trivially_default_constructible_v<bf16> && std::is_trivially_default_constructible_v<f16>);
 
 // A runtime tag for the element types kern computes with.
 enum class dtype : std::uint8_t { f32, bf16, f16 };

@@ -25,10 +25,12 @@ template <class T> struct matrix_view {
       : data(data_), rows(rows_), cols(cols_), ld(ld_) {}
   constexpr matrix_view(T* data_, index_t rows_, index_t cols_) noexcept : matrix_view(data_, rows_, cols_, cols_) {}
 
+  // Implicit on purpose: a view of T is usable where a view of const T is expected.
+  // NOLINTBEGIN(google-explicit-constructor)
   template <class U>
-  requires(std::is_same_v<T, const U>) constexpr matrix_view(
-      const matrix_view<U>& other) noexcept // NOLINT(google-explicit-constructor): T -> const T
+  requires(std::is_same_v<T, const U>) constexpr matrix_view(const matrix_view<U>& other) noexcept
       : data(other.data), rows(other.rows), cols(other.cols), ld(other.ld) {}
+  // NOLINTEND(google-explicit-constructor)
 
   constexpr T& operator()(index_t i, index_t j) const noexcept { return data[i * ld + j]; }
   constexpr T* row(index_t i) const noexcept { return data + i * ld; }
@@ -62,10 +64,12 @@ template <class T, std::size_t Rank> struct tensor_view {
   // Contiguous (row-major) strides.
   constexpr tensor_view(T* data_, extents shape_) noexcept : data(data_), shape(shape_), strides(contiguous(shape_)) {}
 
+  // Implicit on purpose: a view of T is usable where a view of const T is expected.
+  // NOLINTBEGIN(google-explicit-constructor)
   template <class U>
-  requires(std::is_same_v<T, const U>) constexpr tensor_view(
-      const tensor_view<U, Rank>& other) noexcept // NOLINT(google-explicit-constructor)
+  requires(std::is_same_v<T, const U>) constexpr tensor_view(const tensor_view<U, Rank>& other) noexcept
       : data(other.data), shape(other.shape), strides(other.strides) {}
+  // NOLINTEND(google-explicit-constructor)
 
   static constexpr index_t rank() noexcept { return static_cast<index_t>(Rank); }
 

@@ -262,8 +262,8 @@ template <class Arch, int MR> struct f32_fma_kernel {
     }
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      acc[i][0].store_aligned(tile + i * nr);
-      acc[i][1].store_aligned(tile + i * nr + lanes);
+      acc[i][0].store_aligned(tile + index_t{i} * nr);
+      acc[i][1].store_aligned(tile + index_t{i} * nr + lanes);
     }
   }
 };
