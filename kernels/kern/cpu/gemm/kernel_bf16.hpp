@@ -148,13 +148,32 @@ template <class Arch, int MR> struct bf16_dot_kernel {
   static void accumulate_rows(index_t kc_steps, const packed* __restrict a, index_t rows, const bf16* __restrict b,
                               index_t ldb, index_t width, float* __restrict acc, index_t ld_acc) {
     const auto* a32 = reinterpret_cast<const std::int32_t*>(a);
-    for (index_t kp = 0; kp < padded_depth(kc_steps) / 2; ++kp) {
+    const index_t pairs = padded_depth(kc_steps) / 2;
+    index_t kp = 0;
+    // Two pairs (four rows of B) at a time, the next four rows prefetched: several streams in
+    // flight (see the fp32 kernel). Each sum still takes its pairs in order.
+    for (; 2 * kp + 4 <= kc_steps; kp += 2) {
+      const bf16* row = b + 2 * kp * ldb;
+      for (index_t j = 0; j < width; j += nr) {
+        for (index_t ahead = 4; ahead < 8; ++ahead) {
+          __builtin_prefetch(row + ahead * ldb + j, 0, 3);
+        }
+        __m512i p0_lo, p0_hi, p1_lo, p1_hi;
+        pair_rows(_mm512_loadu_si512(row + j), _mm512_loadu_si512(row + ldb + j), p0_lo, p0_hi);
+        pair_rows(_mm512_loadu_si512(row + 2 * ldb + j), _mm512_loadu_si512(row + 3 * ldb + j), p1_lo, p1_hi);
+        for (index_t i = 0; i < rows; ++i) {
+          const __m512i a0 = _mm512_set1_epi32(a32[kp * MR + i]);
+          const __m512i a1 = _mm512_set1_epi32(a32[(kp + 1) * MR + i]);
+          float* sum = acc + i * ld_acc + j;
+          _mm512_store_ps(sum, dot(dot(_mm512_load_ps(sum), a0, p0_lo), a1, p1_lo));
+          _mm512_store_ps(sum + lanes, dot(dot(_mm512_load_ps(sum + lanes), a0, p0_hi), a1, p1_hi));
+        }
+      }
+    }
+    for (; kp < pairs; ++kp) {
       const bf16* row_k = b + 2 * kp * ldb;
       const bool has_partner = 2 * kp + 1 < kc_steps;
       for (index_t j = 0; j < width; j += nr) {
-        // The same columns of the next pair of rows (see the fp32 kernel).
-        __builtin_prefetch(row_k + 2 * ldb + j, 0, 3);
-        __builtin_prefetch(row_k + 3 * ldb + j, 0, 3);
         __m512i b0, b1;
         pair_rows(_mm512_loadu_si512(row_k + j),
                   has_partner ? _mm512_loadu_si512(row_k + ldb + j) : _mm512_setzero_si512(), b0, b1);

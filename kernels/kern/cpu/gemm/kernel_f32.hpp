@@ -225,12 +225,35 @@ template <class Arch, int MR> struct f32_fma_kernel {
   template <class T> static void accumulate_rows(index_t kc_steps, const float* __restrict a, index_t rows,
                                                  const T* __restrict b, index_t ldb, index_t width,
                                                  float* __restrict acc, index_t ld_acc) {
-    for (index_t k = 0; k < kc_steps; ++k) {
+    // Four rows of B at a time: four streams in flight instead of one, which is what one core
+    // needs to approach the memory bandwidth. Each sum still takes its k in order.
+    index_t k = 0;
+    for (; k + 4 <= kc_steps; k += 4) {
       const T* row = b + k * ldb;
       for (index_t j = 0; j < width; j += lanes) {
-        // The same columns of the next row: a whole row ahead, which hides DRAM latency where the
-        // hardware prefetchers stop at page boundaries.
-        __builtin_prefetch(row + ldb + j, 0, 3);
+        // The same columns of the next four rows: prefetched a group ahead, which hides DRAM
+        // latency where the hardware prefetchers stop at page boundaries.
+        for (index_t ahead = 4; ahead < 8; ++ahead) {
+          __builtin_prefetch(row + ahead * ldb + j, 0, 3);
+        }
+        const batch b0 = load_float<Arch>(row + j);
+        const batch b1 = load_float<Arch>(row + ldb + j);
+        const batch b2 = load_float<Arch>(row + 2 * ldb + j);
+        const batch b3 = load_float<Arch>(row + 3 * ldb + j);
+        for (index_t i = 0; i < rows; ++i) {
+          float* sum = acc + i * ld_acc + j;
+          batch s = batch::load_aligned(sum);
+          s = xsimd::fma(batch(a[k * MR + i]), b0, s);
+          s = xsimd::fma(batch(a[(k + 1) * MR + i]), b1, s);
+          s = xsimd::fma(batch(a[(k + 2) * MR + i]), b2, s);
+          s = xsimd::fma(batch(a[(k + 3) * MR + i]), b3, s);
+          s.store_aligned(sum);
+        }
+      }
+    }
+    for (; k < kc_steps; ++k) {
+      const T* row = b + k * ldb;
+      for (index_t j = 0; j < width; j += lanes) {
         const batch bv = load_float<Arch>(row + j);
         for (index_t i = 0; i < rows; ++i) {
           float* sum = acc + i * ld_acc + j;
