@@ -91,10 +91,13 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
   for (index_t jc = 0; jc < N; jc += Kernel::nc) {
     const index_t nc = std::min<index_t>(Kernel::nc, N - jc);
     const index_t panels = (nc + NR - 1) / NR;
+    // With one block of rows every panel of B has a single user, which packs it just before use
+    // (into L1/L2, no trip through memory). Otherwise all of op(B)[:, jc..] is packed first and shared.
+    const bool pack_b_on_use = prepacked_b == nullptr && ic_blocks == 1;
     const packed* packed_b = nullptr;
     if (prepacked_b != nullptr) {
       packed_b = prepacked_b + (jc / NR) * Kernel::padded_depth(K) * NR;
-    } else {
+    } else if (!pack_b_on_use) {
       auto* block = thread_workspace<typename Kernel::arch, 0, packed>(packed_b_size<Kernel>(K, nc));
       pack_b_block<Kernel, Round>(context(threads), b, K, jc, nc, block);
       packed_b = block;
@@ -106,6 +109,7 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
     parallel_region(context(static_cast<int>(std::min<index_t>(threads, items))), [&](int thread, int thread_count) {
       using arch = typename Kernel::arch;
       packed* packed_a = thread_workspace<arch, 1, packed>(static_cast<std::size_t>(Kernel::mc) * Kernel::kc + 64);
+      packed* panel_b = thread_workspace<arch, 3, packed>(static_cast<std::size_t>(Kernel::kc + 1) * NR);
       alignas(64) float tile[MR * NR];
       for (index_t item = thread; item < items; item += thread_count) {
         const index_t ic = (item / splits) * mc_even, mc = std::min<index_t>(mc_even, M - ic);
@@ -126,6 +130,11 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
           Kernel::template pack_a<Round>(a, ic, mc, pc, kc, packed_a);
           for (index_t jr = j0; jr < j1; jr += NR) {
             const index_t nr = std::min<index_t>(NR, j1 - jr);
+            const packed* b_panel = packed_b + pc * panels * NR + (jr / NR) * depth * NR;
+            if (pack_b_on_use) {
+              Kernel::template pack_b<Round>(b, pc, kc, jc + jr, nc - jr, panel_b);
+              b_panel = panel_b;
+            }
             for (index_t ir = 0; ir < mc; ir += MR) {
               const packed* a_panel = packed_a + (ir / MR) * depth * MR;
               // The tile's rows of C (or of the partial sums) arrive while the kernel computes.
@@ -133,7 +142,7 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
                                          : partial + ir * ld_partial + (jr - j0),
                             (partial_in_c ? p.c.ld * index_t{sizeof(TC)} : ld_partial * index_t{sizeof(float)}),
                             std::min<index_t>(MR, mc - ir), nr * index_t{sizeof(float)});
-              Kernel::run(kc, a_panel, packed_b + pc * panels * NR + (jr / NR) * depth * NR, packed_ldb, tile);
+              Kernel::run(kc, a_panel, b_panel, packed_ldb, tile);
               const auto t = tile_target_at(p, ic + ir, jc + jr, p.alpha, pc == 0, pc + kc == K,
                                             partial_in_c ? nullptr : partial + ir * ld_partial + (jr - j0), ld_partial);
               write_tile<arch>(tile, NR, std::min<index_t>(MR, mc - ir), nr, t);
