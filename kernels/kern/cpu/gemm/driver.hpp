@@ -1,6 +1,7 @@
 // The CPU GEMM driver: BLIS's loops around a micro-kernel, for one ISA (Arch) and one kernel.
 //
-//   for jc in N by NC:                 pack op(B)[:, jc..] (all of K) once, threads share it
+//   for jc in N by NC:                 pack op(B)[:, jc..] (all of K) once, threads share it (with a
+//                                      single row block, each panel is packed by its user instead)
 //     parallel over (ic in M by MC) x (a share of the NR panels):
 //       for pc in K by KC:             pack op(A)[ic.., pc..] into this thread's MC x KC block
 //         for jr over NR panels:       the kc x NR micro-panel of B
