@@ -68,8 +68,6 @@ template <class Kernel, bool Round, class TA, class TB, class TC> void
 gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const typename Kernel::packed* prepacked_b) {
   using packed = typename Kernel::packed;
   constexpr int MR = Kernel::mr, NR = Kernel::nr;
-  // Packed values per k step of a B micro-panel row, as the kernel's ldb.
-  constexpr index_t packed_ldb = static_cast<index_t>(NR) * (Kernel::padded_depth(1) == 2 ? 2 : 1);
   const index_t M = p.m(), N = p.n(), K = p.k();
   const op_view<TA> a{p.a.data, p.a.ld, p.trans_a == ops::transpose::trans};
   const op_view<TB> b{p.b.data, p.b.ld, p.trans_b == ops::transpose::trans};
@@ -138,14 +136,12 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
             }
             for (index_t ir = 0; ir < mc; ir += MR) {
               const packed* a_panel = packed_a + (ir / MR) * depth * MR;
-              // The tile's rows of C (or of the partial sums) arrive while the kernel computes.
-              prefetch_tile(partial_in_c ? static_cast<const void*>(p.c.data + (ic + ir) * p.c.ld + jc + jr)
-                                         : partial + ir * ld_partial + (jr - j0),
-                            (partial_in_c ? p.c.ld * index_t{sizeof(TC)} : ld_partial * index_t{sizeof(float)}),
-                            std::min<index_t>(MR, mc - ir), nr * index_t{sizeof(float)});
-              Kernel::run(kc, a_panel, b_panel, packed_ldb, tile);
               const auto t = tile_target_at(p, ic + ir, jc + jr, p.alpha, pc == 0, pc + kc == K,
                                             partial_in_c ? nullptr : partial + ir * ld_partial + (jr - j0), ld_partial);
+              // The tile's rows of partial sums (C itself for f32) arrive while the kernel computes.
+              prefetch_tile(t.partial, t.ld_partial * index_t{sizeof(float)}, std::min<index_t>(MR, mc - ir),
+                            nr * index_t{sizeof(float)});
+              Kernel::run(kc, a_panel, b_panel, Kernel::panel_ld, tile);
               write_tile<arch>(tile, NR, std::min<index_t>(MR, mc - ir), nr, t);
             }
           }

@@ -52,6 +52,8 @@ template <class Arch, int MR> struct bf16_dot_kernel {
   static constexpr int default_mr = 14;
 
   static constexpr index_t padded_depth(index_t depth) { return depth + (depth & 1); }
+  // Packed values from one k pair of a B micro-panel to the next.
+  static constexpr index_t panel_ld = 2 * nr;
 
   // MR-row micro-panels of k pairs: dst[p * pd * MR + (k / 2) * 2 * MR + 2 * i + (k % 2)].
   template <bool Round, class T>

@@ -58,6 +58,8 @@ template <class Arch, int MR> struct f32_fma_kernel {
 
   // Packed values per k step of a micro-panel row (1 here; 2 for the bf16 pair kernel).
   static constexpr index_t padded_depth(index_t depth) { return depth; }
+  // Packed values from one k step of a B micro-panel to the next.
+  static constexpr index_t panel_ld = nr;
 
 #if defined(__AVX512F__)
   // Full panels of fp32 rows are transposed sixteen k at a time in registers (16 x 16, 64
