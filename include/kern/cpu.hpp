@@ -9,5 +9,12 @@
 #include "kern/core/version.hpp"
 #include "kern/core/view.hpp"
 
+#include "kern/cpu/activation.hpp"
+#include "kern/cpu/attention.hpp"
 #include "kern/cpu/convert.hpp"
+#include "kern/cpu/embedding.hpp"
 #include "kern/cpu/gemm.hpp"
+#include "kern/cpu/norm.hpp"
+#include "kern/cpu/optimizer.hpp"
+#include "kern/cpu/rope.hpp"
+#include "kern/cpu/softmax.hpp"

@@ -16,41 +16,26 @@
 #include "kern/cpu/isa.hpp"
 #include "kern/ops/gemm.hpp"
 
-// The instances every ISA translation unit provides (see kern/cpu/isa_instances.hpp), as lists of
-// macro calls: RUN(arch, TA, TB, TC), PACK(arch, TB), SIZE(arch).
-#define KERN_CPU_GEMM_INSTANCES(ARCH, RUN, PACK, SIZE)                                                                 \
-  RUN(ARCH, float, float, float)                                                                                       \
-  RUN(ARCH, ::kern::bf16, ::kern::bf16, float)                                                                         \
-  RUN(ARCH, ::kern::bf16, ::kern::bf16, ::kern::bf16)                                                                  \
-  PACK(ARCH, float)                                                                                                    \
-  PACK(ARCH, ::kern::bf16)                                                                                             \
-  SIZE(ARCH)
-
-#define KERN_CPU_GEMM_RUN_INSTANCE(ARCH, TA, TB, TC)                                                                   \
-  template void kern::cpu::detail::gemm_run<ARCH, TA, TB, TC>(                                                         \
+// The entries each ISA translation unit instantiates (kern_enable_isa_dispatch), and that every
+// other translation unit of a dispatching target declares extern; EXTERN is `extern` or empty.
+// NOLINTBEGIN(bugprone-macro-parentheses): EXTERN and the types are declaration parts, not expressions
+#define KERN_CPU_GEMM_RUN(ARCH, EXTERN, TA, TB, TC)                                                                    \
+  EXTERN template void kern::cpu::detail::gemm_run<ARCH, TA, TB, TC>(                                                  \
       const ::kern::cpu::context&, const ::kern::ops::gemm_params<TA, TB, TC>&, const void*);
-#define KERN_CPU_GEMM_PACK_INSTANCE(ARCH, TB)                                                                          \
-  template void kern::cpu::detail::pack_b_run<ARCH, TB>(const ::kern::cpu::context&, ::kern::matrix_view<const TB>,    \
-                                                        ::kern::ops::transpose, ::kern::ops::gemm_compute,             \
-                                                        ::kern::index_t, ::kern::index_t, void*);
-#define KERN_CPU_GEMM_SIZE_INSTANCE(ARCH)                                                                              \
-  template std::size_t kern::cpu::detail::packed_b_bytes<ARCH>(::kern::dtype, ::kern::ops::gemm_compute,               \
-                                                               ::kern::index_t, ::kern::index_t);
-
-#if defined(KERN_ISA_DISPATCH) && (defined(__x86_64__) || defined(_M_X64))
-#define KERN_CPU_GEMM_EXTERN_RUN(ARCH, TA, TB, TC) extern KERN_CPU_GEMM_RUN_INSTANCE(ARCH, TA, TB, TC)
-#define KERN_CPU_GEMM_EXTERN_PACK(ARCH, TB) extern KERN_CPU_GEMM_PACK_INSTANCE(ARCH, TB)
-#define KERN_CPU_GEMM_EXTERN_SIZE(ARCH) extern KERN_CPU_GEMM_SIZE_INSTANCE(ARCH)
-#define KERN_CPU_GEMM_EXTERN(ARCH)                                                                                     \
-  KERN_CPU_GEMM_INSTANCES(ARCH, KERN_CPU_GEMM_EXTERN_RUN, KERN_CPU_GEMM_EXTERN_PACK, KERN_CPU_GEMM_EXTERN_SIZE)
-KERN_CPU_GEMM_EXTERN(xsimd::avx512bw)
-KERN_CPU_GEMM_EXTERN(xsimd::fma3<xsimd::avx2>)
-KERN_CPU_GEMM_EXTERN(xsimd::sse2)
-#undef KERN_CPU_GEMM_EXTERN
-#undef KERN_CPU_GEMM_EXTERN_RUN
-#undef KERN_CPU_GEMM_EXTERN_PACK
-#undef KERN_CPU_GEMM_EXTERN_SIZE
-#endif
+#define KERN_CPU_GEMM_PACK(ARCH, EXTERN, TB)                                                                           \
+  EXTERN template void kern::cpu::detail::pack_b_run<ARCH, TB>(                                                        \
+      const ::kern::cpu::context&, ::kern::matrix_view<const TB>, ::kern::ops::transpose, ::kern::ops::gemm_compute,   \
+      ::kern::index_t, ::kern::index_t, void*);
+#define KERN_CPU_GEMM_INSTANCES(ARCH, EXTERN)                                                                          \
+  KERN_CPU_GEMM_RUN(ARCH, EXTERN, float, float, float)                                                                 \
+  KERN_CPU_GEMM_RUN(ARCH, EXTERN, ::kern::bf16, ::kern::bf16, float)                                                   \
+  KERN_CPU_GEMM_RUN(ARCH, EXTERN, ::kern::bf16, ::kern::bf16, ::kern::bf16)                                            \
+  KERN_CPU_GEMM_PACK(ARCH, EXTERN, float)                                                                              \
+  KERN_CPU_GEMM_PACK(ARCH, EXTERN, ::kern::bf16)                                                                       \
+  EXTERN template std::size_t kern::cpu::detail::packed_b_bytes<ARCH>(::kern::dtype, ::kern::ops::gemm_compute,        \
+                                                                      ::kern::index_t, ::kern::index_t);
+// NOLINTEND(bugprone-macro-parentheses)
+KERN_CPU_EXTERN_INSTANCES(KERN_CPU_GEMM_INSTANCES)
 
 namespace kern::cpu {
 

@@ -2,14 +2,23 @@
 //
 // By default a kernel is compiled once, at the ISA of the translation unit that includes it
 // (xsimd::default_arch). A target that calls kern_enable_isa_dispatch() in CMake (cmake/kern_isa.cmake)
-// gets KERN_ISA_DISPATCH defined and one extra translation unit per ISA, each compiled with that
-// ISA's flags and instantiating every kernel entry (kern/cpu/isa_instances.hpp); the entries below
-// then pick, once per call, the best compiled ISA that kern::cpu::active_isa() allows.
+// gets KERN_ISA_DISPATCH defined and extra translation units, one per (ISA, kernel family), each
+// compiled with that ISA's flags and instantiating the family's entries: every kernel header lists
+// them in a macro KERN_CPU_<FAMILY>_INSTANCES(ARCH, EXTERN) and declares them extern for the other
+// translation units with KERN_CPU_EXTERN_INSTANCES. The entries then pick, once per call, the best
+// compiled ISA that kern::cpu::active_isa() allows.
 #pragma once
 
 #include <xsimd/xsimd.hpp>
 
 #include "kern/core/cpu_info.hpp"
+
+#if defined(KERN_ISA_DISPATCH) && (defined(__x86_64__) || defined(_M_X64))
+#define KERN_CPU_EXTERN_INSTANCES(LIST)                                                                                \
+  LIST(xsimd::avx512bw, extern) LIST(xsimd::fma3<xsimd::avx2>, extern) LIST(xsimd::sse2, extern)
+#else
+#define KERN_CPU_EXTERN_INSTANCES(LIST)
+#endif
 
 namespace kern::cpu::detail {
 

@@ -13,60 +13,10 @@
 #include "kern/core/dtype.hpp"
 #include "kern/core/view.hpp"
 #include "kern/cpu/isa.hpp"
+#include "kern/cpu/simd.hpp"
 #include "kern/ops/gemm.hpp"
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#endif
-
 namespace kern::cpu::detail {
-
-// GELU, tanh approximation (GPT-2): 0.5 x (1 + tanh(u)), u = sqrt(2 / pi) (x + 0.044715 x^3),
-// evaluated as x / (1 + exp(-2u)), the same function: for very negative x, 1 + tanh(u) cancels to 0
-// in float while this form keeps the tiny negative result.
-template <class V> V gelu_tanh(V x) {
-  using std::exp;
-  using xsimd::exp;
-  const V u = V(0.7978845608028654f) * (x + V(0.044715f) * x * x * x);
-  return x / (V(1.0f) + exp(V(-2.0f) * u));
-}
-
-// Loads `lanes` values of T as fp32. bf16 widens with integer instructions (zero-extend, shift).
-template <class Arch, class T> xsimd::batch<float, Arch> load_float(const T* src) {
-  using batch = xsimd::batch<float, Arch>;
-  if constexpr (std::is_same_v<T, float>) {
-    return batch::load_unaligned(src);
-#if defined(__x86_64__) || defined(_M_X64)
-  } else if constexpr (std::is_same_v<T, bf16> && isa_of<Arch>() >= isa::avx512) {
-    const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
-  } else if constexpr (std::is_same_v<T, bf16> && isa_of<Arch>() == isa::avx2) {
-    const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
-  } else if constexpr (std::is_same_v<T, bf16>) {
-    const __m128i half = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src));
-    return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), half));
-#endif
-  } else {
-    alignas(64) float wide[batch::size];
-    for (std::size_t l = 0; l < batch::size; ++l) {
-      wide[l] = static_cast<float>(src[l]);
-    }
-    return batch::load_aligned(wide);
-  }
-}
-
-template <class Arch, class T> void store_from_float(T* dst, xsimd::batch<float, Arch> v) {
-  if constexpr (std::is_same_v<T, float>) {
-    v.store_unaligned(dst);
-  } else {
-    alignas(64) float wide[xsimd::batch<float, Arch>::size];
-    v.store_aligned(wide);
-    for (std::size_t l = 0; l < xsimd::batch<float, Arch>::size; ++l) {
-      dst[l] = T(wide[l]);
-    }
-  }
-}
 
 // Where and how a finished tile goes. Partial sums of earlier K blocks live in `partial` (fp32);
 // for an f32 C that is usually C itself.
