@@ -265,10 +265,12 @@ template <class Arch, int MR> struct f32_fma_kernel {
     }
   }
 
-  // The tile += packed A panel (kc x MR) times kc rows of NR values of B, `ldb` apart; B is either a
-  // packed panel (ldb = NR) or B itself (T float or bf16).
-  template <class T> static void run(index_t kc_steps, const float* __restrict a, const T* __restrict b, index_t ldb,
-                                     float* __restrict tile) {
+  // The tile = A (MR x kc) times kc rows of NR values of B, `ldb` apart; B is either a packed panel
+  // (ldb = NR) or B itself (T float or bf16). A(i, k) is a[i * ARowStep + k * AKStep]: a packed
+  // micro-panel by default; the attention kernels also read tiles of row- or column-major blocks,
+  // with their compile-time strides (a broadcast load does not care where its value lives).
+  template <class T, index_t ARowStep = 1, index_t AKStep = MR> static void
+  run(index_t kc_steps, const float* __restrict a, const T* __restrict b, index_t ldb, float* __restrict tile) {
     batch acc[MR][2];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -280,7 +282,7 @@ template <class Arch, int MR> struct f32_fma_kernel {
       const batch b1 = load_float<Arch>(b + k * ldb + lanes);
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
-        const batch ai(a[k * MR + i]);
+        const batch ai(a[k * AKStep + i * ARowStep]);
         acc[i][0] = xsimd::fma(ai, b0, acc[i][0]);
         acc[i][1] = xsimd::fma(ai, b1, acc[i][1]);
       }
