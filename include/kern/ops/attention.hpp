@@ -15,11 +15,14 @@
 // Element types: f32 and bf16 storage, fp32 math.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 
 #include "kern/core/dtype.hpp"
@@ -129,13 +132,53 @@ template <class T> T* tensor_end(const attention_tensor<T>& x) {
   return x.data + last + 1;
 }
 
+// Whether two views with the same strides, the second `delta` elements after the first, have an
+// element in common: index differences t_k = i_k - j_k in range with sum t_k strides_k = delta, up to
+// the overlap of two head_dim rows. Only the few t_k that can still reach delta are tried at each
+// level, so views into one fused buffer (q|k|v heads side by side) are told apart exactly.
+inline bool strided_overlap(index_t delta, const std::array<index_t, 4>& a, const std::array<index_t, 4>& b,
+                            const std::array<index_t, 4>& strides, int dim = 0) {
+  if (dim == 3) {
+    return delta > -b[3] && delta < a[3];
+  }
+  index_t reach = std::max(a[3], b[3]); // how far the deeper dimensions can move an element
+  for (int k = dim + 1; k < 3; ++k) {
+    reach += (std::max(a[k], b[k]) - 1) * strides[k];
+  }
+  const index_t s = strides[dim];
+  if (s == 0) {
+    return strided_overlap(delta, a, b, strides, dim + 1);
+  }
+  const auto floor_div = [](index_t x, index_t y) { return x >= 0 ? x / y : -((-x + y - 1) / y); };
+  const index_t lo = std::max(-(b[dim] - 1), floor_div(delta - reach, s));
+  const index_t hi = std::min(a[dim] - 1, floor_div(delta + reach, s) + 1);
+  for (index_t t = lo; t <= hi; ++t) {
+    if (strided_overlap(delta - t * s, a, b, strides, dim + 1)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 template <class T, class U> void require_disjoint_tensors(std::string_view op, std::string_view out_name,
                                                           const attention_tensor<T>& out, std::string_view in_name,
                                                           const attention_tensor<U>& in) {
   if (out.size() == 0 || in.size() == 0) {
     return;
   }
-  require_disjoint(op, out_name, out.data, tensor_end(out), in_name, in.data, tensor_end(in));
+  const void* out_end = tensor_end(out);
+  const void* in_end = tensor_end(in);
+  const auto* a = reinterpret_cast<const std::byte*>(out.data);
+  const auto* b = reinterpret_cast<const std::byte*>(in.data);
+  const bool ranges_apart =
+      reinterpret_cast<const std::byte*>(out_end) <= b || reinterpret_cast<const std::byte*>(in_end) <= a;
+  if (!ranges_apart && std::is_same_v<std::remove_const_t<T>, std::remove_const_t<U>> && out.strides == in.strides &&
+      (b - a) % static_cast<std::ptrdiff_t>(sizeof(T)) == 0 &&
+      !strided_overlap(static_cast<index_t>((b - a) / static_cast<std::ptrdiff_t>(sizeof(T))), out.shape, in.shape,
+                       out.strides)) {
+    return; // interleaved, as the heads of a fused q|k|v buffer
+  }
+  require_disjoint(op, out_name, out.data, out_end, in_name, in.data, in_end);
 }
 
 // What forward and backward share: q/k/v shapes, heads, head_dim, scale and mask.
