@@ -1,0 +1,403 @@
+// The minimal transformer: forward and backward written out by hand from kern's kernels.
+//
+// One code path covers GPT-2 (LayerNorm, learned positions, GELU, tied embeddings, biases) and
+// Llama (RMSNorm, RoPE, SwiGLU, grouped-query attention); see config.hpp. Pre-norm blocks:
+//
+//   x = embed(tokens)
+//   per layer:  h = x + attention(norm1(x)) W_o^T     (q|k|v one GEMM, RoPE in place, flash attention)
+//               x = h + mlp(norm2(h)) W_out^T          (fc + GELU, or gate|up + SwiGLU)
+//   logits = norm_f(x) W_emb^T  ->  fused cross-entropy (its gradient written over the logits)
+//
+// Residual adds and biases ride in the GEMM epilogues. Every activation the backward pass needs
+// is kept, in buffers planned once for (batch, seq): a training step allocates nothing.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <span>
+#include <vector>
+
+#include "backend.hpp"
+#include "config.hpp"
+#include "kern/core/memory.hpp"
+#include "parameters.hpp"
+
+namespace kern::examples {
+
+enum class precision : std::uint8_t { fp32, bf16 };
+
+template <class Backend = cpu_backend> class transformer {
+public:
+  using context = typename Backend::context;
+
+  explicit transformer(const model_config& config)
+      : config_(config), layout_(config), params_(static_cast<std::size_t>(layout_.total())),
+        grads_(static_cast<std::size_t>(layout_.total())) {
+    std::fill(params_.data(), params_.data() + params_.size(), 0.0f);
+    zero_grad();
+    if (config_.position == positions::rope) {
+      const index_t half = config_.head_dim() / 2;
+      rope_cos_.resize(static_cast<std::size_t>(config_.context * half));
+      rope_sin_.resize(rope_cos_.size());
+      ops::fill_rope_table(rope_cos_.data(), rope_sin_.data(), config_.context, config_.head_dim(), config_.rope_theta);
+    }
+  }
+
+  const model_config& config() const { return config_; }
+
+  // How the GEMMs multiply: fp32, or with their operands rounded to bf16 as they are packed (fp32
+  // accumulation; weights, activations and optimizer state stay fp32).
+  void set_precision(precision p) {
+    gemm_compute_ = p == precision::bf16 ? ops::gemm_compute::bf16 : ops::gemm_compute::native;
+  }
+  const parameter_layout& layout() const { return layout_; }
+  std::span<float> parameters() { return {params_.data(), params_.size()}; }
+  std::span<const float> parameters() const { return {params_.data(), params_.size()}; }
+  std::span<float> gradients() { return {grads_.data(), grads_.size()}; }
+  void zero_grad() { std::fill(grads_.data(), grads_.data() + grads_.size(), 0.0f); }
+
+  // GPT-2's initialization: N(0, 0.02) for matrices and embeddings, the projections into the
+  // residual stream scaled by 1/sqrt(2 n_layers), norm weights 1, biases 0.
+  void init_random(std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    const float residual_std = 0.02f / std::sqrt(2.0f * static_cast<float>(config_.n_layers));
+    for (const tensor_slot& t : layout_.tensors()) {
+      float* p = params_.data() + t.offset;
+      const bool is_norm = t.name.find("norm.weight") != std::string::npos;
+      if (is_norm) {
+        std::fill(p, p + t.size(), 1.0f);
+      } else if (!t.decay) {
+        std::fill(p, p + t.size(), 0.0f);
+      } else {
+        const bool residual =
+            t.name.find("attn.out.weight") != std::string::npos || t.name.find("mlp.out.weight") != std::string::npos;
+        std::normal_distribution<float> normal(0.0f, residual ? residual_std : 0.02f);
+        for (index_t i = 0; i < t.size(); ++i) {
+          p[i] = normal(rng);
+        }
+      }
+    }
+    // Padding rows of the vocabulary stay zero: their logits are excluded from the loss anyway.
+    const index_t d = config_.d_model;
+    std::fill(params_.data() + layout_.token_embedding + config_.vocab * d,
+              params_.data() + layout_.token_embedding + config_.vocab_padded * d, 0.0f);
+  }
+
+  // Buffers for batches of (batch, seq); once, before the steps that use them.
+  void plan(index_t batch, index_t seq) {
+    require(batch >= 1 && seq >= 1, "transformer::plan", "batch = ", batch, ", seq = ", seq, " must be positive");
+    require(seq <= config_.context, "transformer::plan", "seq = ", seq, " is longer than the context (",
+            config_.context, ")");
+    batch_ = batch;
+    seq_ = seq;
+    const index_t n = batch * seq, d = config_.d_model, L = config_.n_layers;
+    acts_ = activations{};
+    acts_.x = buffer((L + 1) * n * d);
+    acts_.h = buffer(L * n * d);
+    acts_.n1 = buffer(L * n * d);
+    acts_.n2 = buffer(L * n * d);
+    acts_.n1_stats = buffer(L * 2 * n);
+    acts_.n2_stats = buffer(L * 2 * n);
+    acts_.qkv = buffer(L * n * config_.qkv_dim());
+    acts_.att = buffer(L * n * config_.q_dim());
+    acts_.lse = buffer(L * batch * config_.n_heads * seq);
+    acts_.pre = buffer(L * n * config_.mlp_in_dim());
+    acts_.act = buffer(L * n * config_.d_ff);
+    acts_.nf = buffer(n * d);
+    acts_.nf_stats = buffer(2 * n);
+    acts_.logits = buffer(n * config_.vocab_padded);
+    acts_.d_res = buffer(n * d);
+    acts_.d_tmp = buffer(n * d);
+    acts_.d_att = buffer(n * config_.q_dim());
+    acts_.d_qkv = buffer(n * config_.qkv_dim());
+    acts_.d_pre = buffer(n * config_.mlp_in_dim());
+    acts_.d_act = buffer(n * config_.d_ff);
+    acts_.tokens.assign(static_cast<std::size_t>(n), 0);
+  }
+
+  index_t planned_batch() const { return batch_; }
+  index_t planned_seq() const { return seq_; }
+
+  // The forward pass over tokens [batch, seq] (the planned shape). With targets, returns the mean
+  // cross-entropy over the targets that are not -1 and leaves the gradient of loss * grad_scale
+  // in place of the logits, for backward(); without, leaves the logits ([batch * seq, vocab_padded]).
+  float forward(const context& ctx, const std::int32_t* tokens, const std::int32_t* targets = nullptr,
+                float grad_scale = 1.0f) {
+    require(batch_ > 0, "transformer::forward", "plan(batch, seq) first");
+    const index_t n = batch_ * seq_, d = config_.d_model;
+    std::copy(tokens, tokens + n, acts_.tokens.begin());
+    ops::embedding_forward_params<float> embed;
+    embed.tokens = tokens;
+    embed.batch = batch_;
+    embed.seq = seq_;
+    embed.token_table = {param(layout_.token_embedding), config_.vocab, d};
+    if (layout_.position_embedding >= 0) {
+      embed.position_table = {param(layout_.position_embedding), config_.context, d};
+    }
+    embed.out = rows(acts_.x.data(), d);
+    Backend::embedding_forward(ctx, embed);
+
+    for (index_t l = 0; l < config_.n_layers; ++l) {
+      layer_forward(ctx, l);
+    }
+
+    norm(ctx, x_of(config_.n_layers), layout_.final_norm_weight, layout_.final_norm_bias, rows(acts_.nf.data(), d),
+         acts_.nf_stats.data());
+    linear(ctx, rows(acts_.nf.data(), d), output_weight(), config_.vocab_padded, -1,
+           rows(acts_.logits.data(), config_.vocab_padded));
+    if (targets == nullptr) {
+      return 0.0f;
+    }
+    ops::cross_entropy_params<float> ce;
+    ce.logits = rows(acts_.logits.data(), config_.vocab_padded);
+    ce.targets = targets;
+    ce.vocab = config_.vocab;
+    ce.ignore_index = -1;
+    ce.grad_scale = grad_scale;
+    return static_cast<float>(Backend::cross_entropy(ctx, ce).loss);
+  }
+
+  std::span<const float> logits() const { return {acts_.logits.data(), acts_.logits.size()}; }
+
+  // Adds the gradient of the last forward()'s loss (times its grad_scale) to gradients().
+  void backward(const context& ctx) {
+    const index_t d = config_.d_model, V = config_.vocab_padded;
+    const matrix_view<float> dlogits = rows(acts_.logits.data(), V);
+    const matrix_view<float> d_res = rows(acts_.d_res.data(), d), d_tmp = rows(acts_.d_tmp.data(), d);
+    linear_backward(ctx, dlogits, rows(acts_.nf.data(), d), output_weight(), -1, d_tmp);
+    norm_backward(ctx, x_of(config_.n_layers), d_tmp, layout_.final_norm_weight, layout_.final_norm_bias,
+                  acts_.nf_stats.data(), d_res, false);
+    for (index_t l = config_.n_layers - 1; l >= 0; --l) {
+      layer_backward(ctx, l);
+    }
+    ops::embedding_backward_params<float> embed;
+    embed.tokens = acts_.tokens.data();
+    embed.batch = batch_;
+    embed.seq = seq_;
+    embed.dout = d_res;
+    embed.token_grad = {grad(layout_.token_embedding), config_.vocab, d};
+    if (layout_.position_embedding >= 0) {
+      embed.position_grad = {grad(layout_.position_embedding), config_.context, d};
+    }
+    Backend::embedding_backward(ctx, embed);
+  }
+
+private:
+  struct activations {
+    aligned_buffer<float> x, h, n1, n2, n1_stats, n2_stats, qkv, att, lse, pre, act, nf, nf_stats, logits;
+    aligned_buffer<float> d_res, d_tmp, d_att, d_qkv, d_pre, d_act;
+    std::vector<std::int32_t> tokens;
+  };
+
+  static aligned_buffer<float> buffer(index_t n) { return aligned_buffer<float>(static_cast<std::size_t>(n)); }
+
+  float* param(index_t offset) { return offset >= 0 ? params_.data() + offset : nullptr; }
+  float* grad(index_t offset) { return offset >= 0 ? grads_.data() + offset : nullptr; }
+  index_t output_weight() const { return layout_.output_weight >= 0 ? layout_.output_weight : layout_.token_embedding; }
+
+  index_t tokens() const { return batch_ * seq_; }
+  matrix_view<float> rows(float* data, index_t cols) const { return {data, tokens(), cols}; }
+  matrix_view<float> x_of(index_t l) { return rows(acts_.x.data() + l * tokens() * config_.d_model, config_.d_model); }
+  template <class Buffer> matrix_view<float> layer_rows(Buffer& b, index_t l, index_t cols) {
+    return rows(b.data() + l * tokens() * cols, cols);
+  }
+
+  // y = x W^T + b (+ residual): W is [out, in] at `weight`, b at `bias` (or none).
+  void linear(const context& ctx, matrix_view<float> x, index_t weight, index_t out, index_t bias, matrix_view<float> y,
+              matrix_view<float> residual = {}) {
+    ops::gemm_params<float, float, float> g;
+    g.a = x;
+    g.b = {param(weight), out, x.cols};
+    g.trans_b = ops::transpose::trans;
+    g.c = y;
+    g.bias = param(bias);
+    g.residual = residual;
+    g.compute = gemm_compute_;
+    Backend::gemm(ctx, g);
+  }
+
+  // For y = x W^T + b: dW += dy^T x, db += colsum(dy), dx = dy W (dx may be empty).
+  void linear_backward(const context& ctx, matrix_view<float> dy, matrix_view<float> x, index_t weight, index_t bias,
+                       matrix_view<float> dx) {
+    ops::gemm_params<float, float, float> dw;
+    dw.a = dy;
+    dw.trans_a = ops::transpose::trans;
+    dw.b = x;
+    dw.c = {grad(weight), dy.cols, x.cols};
+    dw.beta = 1.0f;
+    dw.compute = gemm_compute_;
+    Backend::gemm(ctx, dw);
+    if (bias >= 0) {
+      Backend::bias_grad(ctx, ops::bias_grad_params<float>{dy, grad(bias)});
+    }
+    if (dx.data != nullptr) {
+      ops::gemm_params<float, float, float> g;
+      g.a = dy;
+      g.b = {param(weight), dy.cols, x.cols};
+      g.c = dx;
+      g.compute = gemm_compute_;
+      Backend::gemm(ctx, g);
+    }
+  }
+
+  // stats: [mean | rstd], tokens() each.
+  void norm(const context& ctx, matrix_view<float> x, index_t weight, index_t bias, matrix_view<float> y,
+            float* stats) {
+    ops::norm_forward_params<float> p;
+    p.kind = config_.norm;
+    p.x = x;
+    p.weight = param(weight);
+    p.bias = param(bias);
+    p.y = y;
+    p.mean = config_.norm == ops::norm_kind::layernorm ? stats : nullptr;
+    p.rstd = stats + tokens();
+    p.epsilon = config_.norm_epsilon;
+    Backend::norm_forward(ctx, p);
+  }
+
+  void norm_backward(const context& ctx, matrix_view<float> x, matrix_view<float> dy, index_t weight, index_t bias,
+                     const float* stats, matrix_view<float> dx, bool accumulate) {
+    ops::norm_backward_params<float> p;
+    p.kind = config_.norm;
+    p.x = x;
+    p.dy = dy;
+    p.weight = param(weight);
+    p.mean = config_.norm == ops::norm_kind::layernorm ? stats : nullptr;
+    p.rstd = stats + tokens();
+    p.dx = dx;
+    p.accumulate_dx = accumulate;
+    p.dweight = grad(weight);
+    p.dbias = grad(bias);
+    Backend::norm_backward(ctx, p);
+  }
+
+  // Views of one layer's fused q|k|v rows as [batch, seq, heads, head_dim] tensors.
+  struct qkv_views {
+    ops::attention_tensor<float> q, k, v;
+  };
+  qkv_views split_qkv(float* qkv) const {
+    const index_t hd = config_.head_dim(), row = config_.qkv_dim();
+    const std::array<index_t, 4> strides{seq_ * row, row, hd, 1};
+    return {{qkv, {batch_, seq_, config_.n_heads, hd}, strides},
+            {qkv + config_.q_dim(), {batch_, seq_, config_.n_kv_heads, hd}, strides},
+            {qkv + config_.q_dim() + config_.kv_dim(), {batch_, seq_, config_.n_kv_heads, hd}, strides}};
+  }
+  ops::attention_tensor<float> heads_of(float* rows_data) const {
+    return {rows_data, {batch_, seq_, config_.n_heads, config_.head_dim()}};
+  }
+
+  ops::rope_params<float> rope_of(ops::attention_tensor<float> x) const {
+    ops::rope_params<float> r;
+    r.x = x;
+    r.pairing = config_.rope_pairing;
+    r.cos_table = rope_cos_.data();
+    r.sin_table = rope_sin_.data();
+    r.table_positions = config_.context;
+    return r;
+  }
+
+  void layer_forward(const context& ctx, index_t l) {
+    const layer_offsets& w = layout_.layers[static_cast<std::size_t>(l)];
+    const index_t d = config_.d_model;
+    const matrix_view<float> x = x_of(l), h = layer_rows(acts_.h, l, d), n1 = layer_rows(acts_.n1, l, d),
+                             n2 = layer_rows(acts_.n2, l, d);
+    const matrix_view<float> qkv = layer_rows(acts_.qkv, l, config_.qkv_dim());
+    const matrix_view<float> att = layer_rows(acts_.att, l, config_.q_dim());
+    norm(ctx, x, w.attn_norm_weight, w.attn_norm_bias, n1, acts_.n1_stats.data() + l * 2 * tokens());
+    linear(ctx, n1, w.qkv_weight, config_.qkv_dim(), w.qkv_bias, qkv);
+    const qkv_views heads = split_qkv(qkv.data);
+    if (config_.position == positions::rope) {
+      Backend::rope_forward(ctx, rope_of(heads.q));
+      Backend::rope_forward(ctx, rope_of(heads.k));
+    }
+    ops::attention_forward_params<float> a;
+    a.q = heads.q;
+    a.k = heads.k;
+    a.v = heads.v;
+    a.o = heads_of(att.data);
+    a.lse = acts_.lse.data() + l * batch_ * config_.n_heads * seq_;
+    a.causal = true;
+    Backend::attention_forward(ctx, a);
+    linear(ctx, att, w.attn_out_weight, d, w.attn_out_bias, h, x);
+
+    norm(ctx, h, w.mlp_norm_weight, w.mlp_norm_bias, n2, acts_.n2_stats.data() + l * 2 * tokens());
+    const matrix_view<float> pre = layer_rows(acts_.pre, l, config_.mlp_in_dim());
+    const matrix_view<float> act = layer_rows(acts_.act, l, config_.d_ff);
+    linear(ctx, n2, w.mlp_in_weight, config_.mlp_in_dim(), w.mlp_in_bias, pre);
+    if (config_.mlp == mlp_kind::gelu) {
+      Backend::activation_forward(ctx, ops::activation_forward_params<float>{ops::activation::gelu_tanh, pre, act});
+    } else {
+      Backend::swiglu_forward(ctx, ops::swiglu_forward_params<float>{gate_of(pre), up_of(pre), act});
+    }
+    linear(ctx, act, w.mlp_out_weight, d, w.mlp_out_bias, x_of(l + 1), h);
+  }
+
+  matrix_view<float> gate_of(matrix_view<float> pre) const { return {pre.data, pre.rows, config_.d_ff, pre.ld}; }
+  matrix_view<float> up_of(matrix_view<float> pre) const {
+    return {pre.data + config_.d_ff, pre.rows, config_.d_ff, pre.ld};
+  }
+
+  void layer_backward(const context& ctx, index_t l) {
+    const layer_offsets& w = layout_.layers[static_cast<std::size_t>(l)];
+    const index_t d = config_.d_model;
+    const matrix_view<float> d_res = rows(acts_.d_res.data(), d), d_tmp = rows(acts_.d_tmp.data(), d);
+    const matrix_view<float> h = layer_rows(acts_.h, l, d);
+
+    // MLP: d_res holds dL/dx_{l+1}, which is also dL/dh through the residual.
+    const matrix_view<float> pre = layer_rows(acts_.pre, l, config_.mlp_in_dim());
+    const matrix_view<float> act = layer_rows(acts_.act, l, config_.d_ff);
+    const matrix_view<float> d_act = rows(acts_.d_act.data(), config_.d_ff);
+    const matrix_view<float> d_pre = rows(acts_.d_pre.data(), config_.mlp_in_dim());
+    linear_backward(ctx, d_res, act, w.mlp_out_weight, w.mlp_out_bias, d_act);
+    if (config_.mlp == mlp_kind::gelu) {
+      Backend::activation_backward(
+          ctx, ops::activation_backward_params<float>{ops::activation::gelu_tanh, pre, d_act, d_pre});
+    } else {
+      Backend::swiglu_backward(
+          ctx, ops::swiglu_backward_params<float>{gate_of(pre), up_of(pre), d_act, gate_of(d_pre), up_of(d_pre)});
+    }
+    linear_backward(ctx, d_pre, layer_rows(acts_.n2, l, d), w.mlp_in_weight, w.mlp_in_bias, d_tmp);
+    norm_backward(ctx, h, d_tmp, w.mlp_norm_weight, w.mlp_norm_bias, acts_.n2_stats.data() + l * 2 * tokens(), d_res,
+                  true);
+
+    // Attention: d_res now holds dL/dh, which is also dL/dx_l through the residual.
+    const matrix_view<float> att = layer_rows(acts_.att, l, config_.q_dim());
+    const matrix_view<float> d_att = rows(acts_.d_att.data(), config_.q_dim());
+    const matrix_view<float> d_qkv = rows(acts_.d_qkv.data(), config_.qkv_dim());
+    linear_backward(ctx, d_res, att, w.attn_out_weight, w.attn_out_bias, d_att);
+    const qkv_views heads = split_qkv(layer_rows(acts_.qkv, l, config_.qkv_dim()).data);
+    const qkv_views grads = split_qkv(d_qkv.data);
+    ops::attention_backward_params<float> a;
+    a.q = heads.q;
+    a.k = heads.k;
+    a.v = heads.v;
+    a.o = heads_of(att.data);
+    a.d_o = heads_of(d_att.data);
+    a.lse = acts_.lse.data() + l * batch_ * config_.n_heads * seq_;
+    a.dq = grads.q;
+    a.dk = grads.k;
+    a.dv = grads.v;
+    a.causal = true;
+    Backend::attention_backward(ctx, a);
+    if (config_.position == positions::rope) {
+      Backend::rope_backward(ctx, rope_of(grads.q));
+      Backend::rope_backward(ctx, rope_of(grads.k));
+    }
+    linear_backward(ctx, d_qkv, layer_rows(acts_.n1, l, d), w.qkv_weight, w.qkv_bias, d_tmp);
+    norm_backward(ctx, x_of(l), d_tmp, w.attn_norm_weight, w.attn_norm_bias, acts_.n1_stats.data() + l * 2 * tokens(),
+                  d_res, true);
+  }
+
+  model_config config_;
+  parameter_layout layout_;
+  aligned_buffer<float> params_, grads_;
+  std::vector<float> rope_cos_, rope_sin_;
+  index_t batch_ = 0, seq_ = 0;
+  activations acts_;
+  ops::gemm_compute gemm_compute_ = ops::gemm_compute::native;
+};
+
+} // namespace kern::examples
