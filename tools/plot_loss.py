@@ -16,8 +16,9 @@ def read(path):
     steps, train, val_steps, val = [], [], [], []
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            steps.append(int(row["step"]))
-            train.append(float(row["train_loss"]))
+            if row.get("train_loss"):
+                steps.append(int(row["step"]))
+                train.append(float(row["train_loss"]))
             if row.get("val_loss"):
                 val_steps.append(int(row["step"]))
                 val.append(float(row["val_loss"]))

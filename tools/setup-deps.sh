@@ -11,7 +11,8 @@ packages=(
   libopenblas-dev libdnnl-dev ocl-icd-opencl-dev libeigen3-dev  # benchmark peers
   clang-format clang-tidy                     # style checks
   g++-aarch64-linux-gnu qemu-user             # the NEON path, cross-compiled and emulated
-  python3-matplotlib python3-numpy            # tools/bench_report.py
+  python3-matplotlib python3-numpy            # tools/bench_report.py, tools/plot_loss.py
+  fortunes                                    # the demo's corpus (tools/demo.sh)
 )
 
 missing=()

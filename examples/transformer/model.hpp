@@ -86,36 +86,57 @@ public:
               params_.data() + layout_.token_embedding + config_.vocab_padded * d, 0.0f);
   }
 
-  // Buffers for batches of (batch, seq); once, before the steps that use them.
+  // Buffers for training batches of (batch, seq); once, before the steps that use them.
   void plan(index_t batch, index_t seq) {
-    require(batch >= 1 && seq >= 1, "transformer::plan", "batch = ", batch, ", seq = ", seq, " must be positive");
-    require(seq <= config_.context, "transformer::plan", "seq = ", seq, " is longer than the context (",
-            config_.context, ")");
-    batch_ = batch;
-    seq_ = seq;
-    const index_t n = batch * seq, d = config_.d_model, L = config_.n_layers;
-    acts_ = activations{};
-    acts_.x = buffer((L + 1) * n * d);
-    acts_.h = buffer(L * n * d);
-    acts_.n1 = buffer(L * n * d);
-    acts_.n2 = buffer(L * n * d);
-    acts_.n1_stats = buffer(L * 2 * n);
-    acts_.n2_stats = buffer(L * 2 * n);
-    acts_.qkv = buffer(L * n * config_.qkv_dim());
-    acts_.att = buffer(L * n * config_.q_dim());
-    acts_.lse = buffer(L * batch * config_.n_heads * seq);
-    acts_.pre = buffer(L * n * config_.mlp_in_dim());
-    acts_.act = buffer(L * n * config_.d_ff);
-    acts_.nf = buffer(n * d);
-    acts_.nf_stats = buffer(2 * n);
-    acts_.logits = buffer(n * config_.vocab_padded);
-    acts_.d_res = buffer(n * d);
-    acts_.d_tmp = buffer(n * d);
-    acts_.d_att = buffer(n * config_.q_dim());
-    acts_.d_qkv = buffer(n * config_.qkv_dim());
-    acts_.d_pre = buffer(n * config_.mlp_in_dim());
-    acts_.d_act = buffer(n * config_.d_ff);
-    acts_.tokens.assign(static_cast<std::size_t>(n), 0);
+    allocate(batch, seq, config_.n_layers, true);
+    generating_ = false;
+  }
+
+  // Generation with a KV cache: buffers for calls of up to `chunk` new tokens per sequence (the
+  // longest prompt), one layer's activations (no backward pass), and the cache itself, empty.
+  void start_generation(index_t batch, index_t chunk) {
+    allocate(batch, chunk, 1, false);
+    const index_t per_layer = batch * config_.context * config_.kv_dim();
+    if (k_cache_.size() != static_cast<std::size_t>(config_.n_layers * per_layer)) {
+      k_cache_ = buffer(config_.n_layers * per_layer);
+      v_cache_ = buffer(config_.n_layers * per_layer);
+    }
+    generating_ = true;
+    cached_ = 0;
+  }
+
+  // Positions already in the cache.
+  index_t cached() const { return cached_; }
+
+  // Runs `count` new tokens of each sequence (tokens [batch, count], count <= the chunk) at the
+  // positions after the cache, adds their keys and values to it, and returns the logits of each
+  // sequence's last new position: [batch, vocab_padded], valid until the next call.
+  const float* generate_step(const context& ctx, const std::int32_t* tokens, index_t count) {
+    require(generating_, "transformer::generate_step", "start_generation(batch, chunk) first");
+    require(count >= 1 && count <= capacity_, "transformer::generate_step", "count = ", count, " is not in [1, ",
+            capacity_, "]");
+    require(cached_ + count <= config_.context, "transformer::generate_step", "positions ", cached_, " + ", count,
+            " exceed the context (", config_.context, ")");
+    seq_ = count;
+    const index_t d = config_.d_model;
+    embed(ctx, tokens);
+    for (index_t l = 0; l < config_.n_layers; ++l) {
+      layer_forward(ctx, l);
+    }
+    // Only the last position of each sequence goes through the final norm and the output layer.
+    const matrix_view<float> last{x_of(config_.n_layers).data + (count - 1) * d, batch_, d, count * d};
+    const matrix_view<float> nf{acts_.nf.data(), batch_, d};
+    ops::norm_forward_params<float> p;
+    p.kind = config_.norm;
+    p.x = last;
+    p.weight = param(layout_.final_norm_weight);
+    p.bias = param(layout_.final_norm_bias);
+    p.y = nf;
+    p.epsilon = config_.norm_epsilon;
+    Backend::norm_forward(ctx, p);
+    linear(ctx, nf, output_weight(), config_.vocab_padded, -1, {acts_.logits.data(), batch_, config_.vocab_padded});
+    cached_ += count;
+    return acts_.logits.data();
   }
 
   index_t planned_batch() const { return batch_; }
@@ -126,20 +147,10 @@ public:
   // in place of the logits, for backward(); without, leaves the logits ([batch * seq, vocab_padded]).
   float forward(const context& ctx, const std::int32_t* tokens, const std::int32_t* targets = nullptr,
                 float grad_scale = 1.0f) {
-    require(batch_ > 0, "transformer::forward", "plan(batch, seq) first");
-    const index_t n = batch_ * seq_, d = config_.d_model;
-    std::copy(tokens, tokens + n, acts_.tokens.begin());
-    ops::embedding_forward_params<float> embed;
-    embed.tokens = tokens;
-    embed.batch = batch_;
-    embed.seq = seq_;
-    embed.token_table = {param(layout_.token_embedding), config_.vocab, d};
-    if (layout_.position_embedding >= 0) {
-      embed.position_table = {param(layout_.position_embedding), config_.context, d};
-    }
-    embed.out = rows(acts_.x.data(), d);
-    Backend::embedding_forward(ctx, embed);
-
+    require(batch_ > 0 && !generating_, "transformer::forward", "plan(batch, seq) first");
+    const index_t d = config_.d_model;
+    std::copy(tokens, tokens + tokens_count(), acts_.tokens.begin());
+    embed(ctx, tokens);
     for (index_t l = 0; l < config_.n_layers; ++l) {
       layer_forward(ctx, l);
     }
@@ -194,15 +205,73 @@ private:
 
   static aligned_buffer<float> buffer(index_t n) { return aligned_buffer<float>(static_cast<std::size_t>(n)); }
 
+  // Activations for `layers` layers of batch x seq tokens (training keeps every layer's for the
+  // backward pass; generation reuses one layer's, and two residual-stream slots).
+  void allocate(index_t batch, index_t seq, index_t layers, bool with_gradients) {
+    require(batch >= 1 && seq >= 1, "transformer::plan", "batch = ", batch, ", seq = ", seq, " must be positive");
+    require(seq <= config_.context, "transformer::plan", "seq = ", seq, " is longer than the context (",
+            config_.context, ")");
+    batch_ = batch;
+    seq_ = capacity_ = seq;
+    layer_slots_ = layers;
+    const index_t n = batch * seq, d = config_.d_model, L = layers;
+    acts_ = activations{};
+    acts_.x = buffer((with_gradients ? L + 1 : 2) * n * d);
+    acts_.h = buffer(L * n * d);
+    acts_.n1 = buffer(L * n * d);
+    acts_.n2 = buffer(L * n * d);
+    acts_.n1_stats = buffer(L * 2 * n);
+    acts_.n2_stats = buffer(L * 2 * n);
+    acts_.qkv = buffer(L * n * config_.qkv_dim());
+    acts_.att = buffer(L * n * config_.q_dim());
+    acts_.lse = buffer(L * batch * config_.n_heads * seq);
+    acts_.pre = buffer(L * n * config_.mlp_in_dim());
+    acts_.act = buffer(L * n * config_.d_ff);
+    acts_.nf = buffer(n * d);
+    acts_.nf_stats = buffer(2 * n);
+    acts_.logits = buffer(n * config_.vocab_padded);
+    if (with_gradients) {
+      acts_.d_res = buffer(n * d);
+      acts_.d_tmp = buffer(n * d);
+      acts_.d_att = buffer(n * config_.q_dim());
+      acts_.d_qkv = buffer(n * config_.qkv_dim());
+      acts_.d_pre = buffer(n * config_.mlp_in_dim());
+      acts_.d_act = buffer(n * config_.d_ff);
+      acts_.tokens.assign(static_cast<std::size_t>(n), 0);
+    }
+  }
+
+  // Token (and learned position) embeddings of tokens [batch, seq_] into the residual stream.
+  void embed(const context& ctx, const std::int32_t* tokens) {
+    ops::embedding_forward_params<float> e;
+    e.tokens = tokens;
+    e.batch = batch_;
+    e.seq = seq_;
+    e.token_table = {param(layout_.token_embedding), config_.vocab, config_.d_model};
+    if (layout_.position_embedding >= 0) {
+      e.position_table = {param(layout_.position_embedding), config_.context, config_.d_model};
+    }
+    e.position_offset = generating_ ? cached_ : 0;
+    e.out = x_of(0);
+    Backend::embedding_forward(ctx, e);
+  }
+
+  // Where layer l keeps its activations: its own slot when training, the one slot when generating.
+  index_t slot(index_t l) const { return layer_slots_ == 1 ? 0 : l; }
+
   float* param(index_t offset) { return offset >= 0 ? params_.data() + offset : nullptr; }
   float* grad(index_t offset) { return offset >= 0 ? grads_.data() + offset : nullptr; }
   index_t output_weight() const { return layout_.output_weight >= 0 ? layout_.output_weight : layout_.token_embedding; }
 
-  index_t tokens() const { return batch_ * seq_; }
-  matrix_view<float> rows(float* data, index_t cols) const { return {data, tokens(), cols}; }
-  matrix_view<float> x_of(index_t l) { return rows(acts_.x.data() + l * tokens() * config_.d_model, config_.d_model); }
+  index_t tokens_count() const { return batch_ * seq_; }
+  matrix_view<float> rows(float* data, index_t cols) const { return {data, tokens_count(), cols}; }
+  // The residual stream into layer l (l = n_layers: out of the last): slots alternate when generating.
+  matrix_view<float> x_of(index_t l) {
+    const index_t at = layer_slots_ == 1 ? l % 2 : l;
+    return rows(acts_.x.data() + at * tokens_count() * config_.d_model, config_.d_model);
+  }
   template <class Buffer> matrix_view<float> layer_rows(Buffer& b, index_t l, index_t cols) {
-    return rows(b.data() + l * tokens() * cols, cols);
+    return rows(b.data() + slot(l) * tokens_count() * cols, cols);
   }
 
   // y = x W^T + b (+ residual): W is [out, in] at `weight`, b at `bias` (or none).
@@ -243,7 +312,7 @@ private:
     }
   }
 
-  // stats: [mean | rstd], tokens() each.
+  // stats: [mean | rstd], tokens_count() each.
   void norm(const context& ctx, matrix_view<float> x, index_t weight, index_t bias, matrix_view<float> y,
             float* stats) {
     ops::norm_forward_params<float> p;
@@ -253,7 +322,7 @@ private:
     p.bias = param(bias);
     p.y = y;
     p.mean = config_.norm == ops::norm_kind::layernorm ? stats : nullptr;
-    p.rstd = stats + tokens();
+    p.rstd = stats + tokens_count();
     p.epsilon = config_.norm_epsilon;
     Backend::norm_forward(ctx, p);
   }
@@ -266,7 +335,7 @@ private:
     p.dy = dy;
     p.weight = param(weight);
     p.mean = config_.norm == ops::norm_kind::layernorm ? stats : nullptr;
-    p.rstd = stats + tokens();
+    p.rstd = stats + tokens_count();
     p.dx = dx;
     p.accumulate_dx = accumulate;
     p.dweight = grad(weight);
@@ -296,7 +365,25 @@ private:
     r.cos_table = rope_cos_.data();
     r.sin_table = rope_sin_.data();
     r.table_positions = config_.context;
+    r.position_offset = generating_ ? cached_ : 0;
     return r;
+  }
+
+  // Copies the new positions' keys (or values) of layer l into the cache and returns the view of
+  // every cached position: [batch, cached_ + seq_, n_kv_heads, head_dim].
+  ops::attention_tensor<float> append_to_cache(aligned_buffer<float>& cache, index_t l,
+                                               const ops::attention_tensor<float>& fresh) {
+    const index_t kv = config_.kv_dim(), hd = config_.head_dim();
+    float* base = cache.data() + l * batch_ * config_.context * kv;
+    for (index_t b = 0; b < batch_; ++b) {
+      for (index_t s = 0; s < seq_; ++s) {
+        for (index_t h = 0; h < config_.n_kv_heads; ++h) {
+          const float* from = &fresh(b, s, h, index_t{0});
+          std::copy(from, from + hd, base + ((b * config_.context + cached_ + s) * kv + h * hd));
+        }
+      }
+    }
+    return {base, {batch_, cached_ + seq_, config_.n_kv_heads, hd}, {config_.context * kv, kv, hd, 1}};
   }
 
   void layer_forward(const context& ctx, index_t l) {
@@ -306,7 +393,7 @@ private:
                              n2 = layer_rows(acts_.n2, l, d);
     const matrix_view<float> qkv = layer_rows(acts_.qkv, l, config_.qkv_dim());
     const matrix_view<float> att = layer_rows(acts_.att, l, config_.q_dim());
-    norm(ctx, x, w.attn_norm_weight, w.attn_norm_bias, n1, acts_.n1_stats.data() + l * 2 * tokens());
+    norm(ctx, x, w.attn_norm_weight, w.attn_norm_bias, n1, acts_.n1_stats.data() + slot(l) * 2 * tokens_count());
     linear(ctx, n1, w.qkv_weight, config_.qkv_dim(), w.qkv_bias, qkv);
     const qkv_views heads = split_qkv(qkv.data);
     if (config_.position == positions::rope) {
@@ -318,12 +405,23 @@ private:
     a.k = heads.k;
     a.v = heads.v;
     a.o = heads_of(att.data);
-    a.lse = acts_.lse.data() + l * batch_ * config_.n_heads * seq_;
     a.causal = true;
-    Backend::attention_forward(ctx, a);
+    if (!generating_) {
+      a.lse = acts_.lse.data() + slot(l) * batch_ * config_.n_heads * seq_;
+      Backend::attention_forward(ctx, a);
+    } else {
+      // The new keys and values join the cache; the new queries attend to all of it.
+      a.k = append_to_cache(k_cache_, l, heads.k);
+      a.v = append_to_cache(v_cache_, l, heads.v);
+      if (seq_ <= 4) {
+        Backend::attention_decode(ctx, a);
+      } else {
+        Backend::attention_forward(ctx, a);
+      }
+    }
     linear(ctx, att, w.attn_out_weight, d, w.attn_out_bias, h, x);
 
-    norm(ctx, h, w.mlp_norm_weight, w.mlp_norm_bias, n2, acts_.n2_stats.data() + l * 2 * tokens());
+    norm(ctx, h, w.mlp_norm_weight, w.mlp_norm_bias, n2, acts_.n2_stats.data() + slot(l) * 2 * tokens_count());
     const matrix_view<float> pre = layer_rows(acts_.pre, l, config_.mlp_in_dim());
     const matrix_view<float> act = layer_rows(acts_.act, l, config_.d_ff);
     linear(ctx, n2, w.mlp_in_weight, config_.mlp_in_dim(), w.mlp_in_bias, pre);
@@ -360,8 +458,8 @@ private:
           ctx, ops::swiglu_backward_params<float>{gate_of(pre), up_of(pre), d_act, gate_of(d_pre), up_of(d_pre)});
     }
     linear_backward(ctx, d_pre, layer_rows(acts_.n2, l, d), w.mlp_in_weight, w.mlp_in_bias, d_tmp);
-    norm_backward(ctx, h, d_tmp, w.mlp_norm_weight, w.mlp_norm_bias, acts_.n2_stats.data() + l * 2 * tokens(), d_res,
-                  true);
+    norm_backward(ctx, h, d_tmp, w.mlp_norm_weight, w.mlp_norm_bias,
+                  acts_.n2_stats.data() + slot(l) * 2 * tokens_count(), d_res, true);
 
     // Attention: d_res now holds dL/dh, which is also dL/dx_l through the residual.
     const matrix_view<float> att = layer_rows(acts_.att, l, config_.q_dim());
@@ -376,7 +474,7 @@ private:
     a.v = heads.v;
     a.o = heads_of(att.data);
     a.d_o = heads_of(d_att.data);
-    a.lse = acts_.lse.data() + l * batch_ * config_.n_heads * seq_;
+    a.lse = acts_.lse.data() + slot(l) * batch_ * config_.n_heads * seq_;
     a.dq = grads.q;
     a.dk = grads.k;
     a.dv = grads.v;
@@ -387,16 +485,19 @@ private:
       Backend::rope_backward(ctx, rope_of(grads.k));
     }
     linear_backward(ctx, d_qkv, layer_rows(acts_.n1, l, d), w.qkv_weight, w.qkv_bias, d_tmp);
-    norm_backward(ctx, x_of(l), d_tmp, w.attn_norm_weight, w.attn_norm_bias, acts_.n1_stats.data() + l * 2 * tokens(),
-                  d_res, true);
+    norm_backward(ctx, x_of(l), d_tmp, w.attn_norm_weight, w.attn_norm_bias,
+                  acts_.n1_stats.data() + slot(l) * 2 * tokens_count(), d_res, true);
   }
 
   model_config config_;
   parameter_layout layout_;
   aligned_buffer<float> params_, grads_;
   std::vector<float> rope_cos_, rope_sin_;
-  index_t batch_ = 0, seq_ = 0;
+  index_t batch_ = 0, seq_ = 0, capacity_ = 0, layer_slots_ = 0;
   activations acts_;
+  bool generating_ = false;
+  aligned_buffer<float> k_cache_, v_cache_; // [layer][batch, context, n_kv_heads, head_dim]
+  index_t cached_ = 0;
   ops::gemm_compute gemm_compute_ = ops::gemm_compute::native;
 };
 

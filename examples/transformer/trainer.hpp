@@ -68,6 +68,9 @@ public:
   }
 
   index_t step() const { return step_; }
+
+  // Fine-tuning: the embeddings and the lowest `layers` layers stop changing.
+  void freeze_lowest(index_t layers) { frozen_layers_ = layers; }
   const train_options& options() const { return options_; }
   std::span<float> first_moment() { return {m_.data(), m_.size()}; }
   std::span<float> second_moment() { return {v_.data(), v_.size()}; }
@@ -107,6 +110,9 @@ public:
     const float clip = options_.clip_norm > 0.0f ? cpu::clip_factor(norm, options_.clip_norm) : 1.0f;
     const float lr = learning_rate(options_, step_);
     for (const tensor_slot& t : model_.layout().tensors()) {
+      if (frozen(t)) {
+        continue;
+      }
       ops::adamw_params a;
       a.param = model_.parameters().data() + t.offset;
       a.grad = model_.gradients().data() + t.offset;
@@ -138,11 +144,27 @@ public:
   }
 
 private:
+  bool frozen(const tensor_slot& t) const {
+    if (frozen_layers_ <= 0) {
+      return false;
+    }
+    if (t.name.find("embeddings") != std::string::npos) {
+      return true;
+    }
+    for (index_t l = 0; l < frozen_layers_; ++l) {
+      if (t.name.rfind("layers." + std::to_string(l) + ".", 0) == 0) {
+        return true;
+      }
+    }
+    return false;
+  }
+
   transformer<Backend>& model_;
   train_options options_;
   aligned_buffer<float> m_, v_;
   std::mt19937_64 data_rng_;
   index_t step_ = 0;
+  index_t frozen_layers_ = 0;
 };
 
 // A one-line progress bar on stderr: step, loss, tokens/s, ETA.
