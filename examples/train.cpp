@@ -32,7 +32,21 @@ model_config preset(const std::string& name, index_t vocab, index_t context) {
   if (name == "llama-tiny") {
     return llama_config(4, 8, 4, 128, 344, vocab, context);
   }
-  kern::detail::fail("train", "unknown --preset '", name, "' (gpt2-124m, gpt2-6L, gpt2-tiny, llama-tiny)");
+  // llama2.c's TinyStories shapes (with this program's byte-level vocabulary).
+  if (name == "stories260K") {
+    return llama_config(5, 8, 4, 64, 172, vocab, context);
+  }
+  if (name == "stories15M") {
+    return llama_config(6, 6, 6, 288, 768, vocab, context);
+  }
+  if (name == "stories42M") {
+    return llama_config(8, 8, 8, 512, 1376, vocab, context);
+  }
+  if (name == "stories110M") {
+    return llama_config(12, 12, 12, 768, 2048, vocab, context);
+  }
+  kern::detail::fail("train", "unknown --preset '", name,
+                     "' (gpt2-124m, gpt2-6L, gpt2-tiny, llama-tiny, stories260K, stories15M, stories42M, stories110M)");
 }
 
 // Keeps the rows of a loss log up to `step` (a resumed run rewrites what follows).
@@ -52,7 +66,8 @@ int run(int argc, char** argv) {
   command_line cli("train", "Trains the example transformer (byte-level tokens) on a text file.");
   cli.option("data", "", "text file to train on (required)");
   cli.option("out", "train_run", "folder for checkpoints and the loss log");
-  cli.option("preset", "gpt2-tiny", "model: gpt2-tiny, gpt2-6L, gpt2-124m, llama-tiny");
+  cli.option("preset", "gpt2-tiny",
+             "model: gpt2-tiny, gpt2-6L, gpt2-124m, llama-tiny, stories260K, stories15M, stories42M, stories110M");
   cli.option("batch", "8", "sequences per micro-batch");
   cli.option("seq", "128", "tokens per sequence");
   cli.option("steps", "300", "optimizer steps in all");

@@ -66,25 +66,26 @@ public:
   index_t train_tokens() const { return static_cast<index_t>(train_.size()); }
   index_t validation_tokens() const { return static_cast<index_t>(validation_.size()); }
 
-  // A training batch of windows at random offsets (the generator's state is the data position).
-  token_batch random_batch(std::mt19937_64& rng, index_t batch) const {
+  // A training batch of windows at random offsets into `b` (the generator's state is the data
+  // position); b's buffers are reused, so that a training step allocates nothing.
+  void random_batch(std::mt19937_64& rng, index_t batch, token_batch& b) const {
     std::uniform_int_distribution<index_t> offset(0, train_tokens() - seq_ - 1);
-    token_batch b;
+    b.inputs.clear();
+    b.targets.clear();
     for (index_t i = 0; i < batch; ++i) {
       append_window(train_, offset(rng), b);
     }
-    return b;
   }
 
   // Validation batch `index` of consecutive, non-overlapping windows (wrapping around), so that an
   // evaluation over the same indices always sees the same tokens.
-  token_batch validation_batch(index_t index, index_t batch) const {
+  void validation_batch(index_t index, index_t batch, token_batch& b) const {
     const index_t windows = (validation_tokens() - 1) / seq_;
-    token_batch b;
+    b.inputs.clear();
+    b.targets.clear();
     for (index_t i = 0; i < batch; ++i) {
       append_window(validation_, ((index * batch + i) % windows) * seq_, b);
     }
-    return b;
   }
 
   index_t validation_windows() const { return (validation_tokens() - 1) / seq_; }

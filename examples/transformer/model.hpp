@@ -16,8 +16,10 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "backend.hpp"
@@ -54,7 +56,11 @@ public:
     gemm_compute_ = p == precision::bf16 ? ops::gemm_compute::bf16 : ops::gemm_compute::native;
   }
   const parameter_layout& layout() const { return layout_; }
-  std::span<float> parameters() { return {params_.data(), params_.size()}; }
+  // Writable weights: generation's transposed copies are made again before the next use.
+  std::span<float> parameters() {
+    transposed_.clear();
+    return {params_.data(), params_.size()};
+  }
   std::span<const float> parameters() const { return {params_.data(), params_.size()}; }
   std::span<float> gradients() { return {grads_.data(), grads_.size()}; }
   void zero_grad() { std::fill(grads_.data(), grads_.data() + grads_.size(), 0.0f); }
@@ -96,6 +102,9 @@ public:
   // longest prompt), one layer's activations (no backward pass), and the cache itself, empty.
   void start_generation(index_t batch, index_t chunk) {
     allocate(batch, chunk, 1, false);
+    if (transposed_.empty()) {
+      transpose_weights();
+    }
     const index_t per_layer = batch * config_.context * config_.kv_dim();
     if (k_cache_.size() != static_cast<std::size_t>(config_.n_layers * per_layer)) {
       k_cache_ = buffer(config_.n_layers * per_layer);
@@ -281,11 +290,46 @@ private:
     g.a = x;
     g.b = {param(weight), out, x.cols};
     g.trans_b = ops::transpose::trans;
+    if (const auto it = transposed_.find(weight); generating_ && it != transposed_.end()) {
+      g.b = {it->second, x.cols, out}; // W^T, [in, out]: a few rows of x stream it once
+      g.trans_b = ops::transpose::none;
+    }
     g.c = y;
     g.bias = param(bias);
     g.residual = residual;
     g.compute = gemm_compute_;
     Backend::gemm(ctx, g);
+  }
+
+  // Generation multiplies one or a few rows by each weight: the GEMM streams B fastest when it is
+  // [in, out] row-major, so the weights are transposed once for it (a copy: training keeps [out, in]).
+  void transpose_weights() {
+    transposed_.clear();
+    std::vector<std::pair<index_t, std::array<index_t, 2>>> weights; // offset, {out, in}
+    const index_t d = config_.d_model;
+    for (const layer_offsets& w : layout_.layers) {
+      weights.push_back({w.qkv_weight, {config_.qkv_dim(), d}});
+      weights.push_back({w.attn_out_weight, {d, config_.q_dim()}});
+      weights.push_back({w.mlp_in_weight, {config_.mlp_in_dim(), d}});
+      weights.push_back({w.mlp_out_weight, {d, config_.d_ff}});
+    }
+    weights.push_back({output_weight(), {config_.vocab_padded, d}});
+    index_t total = 0;
+    for (const auto& [offset, shape] : weights) {
+      total += shape[0] * shape[1];
+    }
+    transposed_storage_ = buffer(total);
+    float* at = transposed_storage_.data();
+    for (const auto& [offset, shape] : weights) {
+      const float* w = params_.data() + offset;
+      for (index_t o = 0; o < shape[0]; ++o) {
+        for (index_t i = 0; i < shape[1]; ++i) {
+          at[i * shape[0] + o] = w[o * shape[1] + i];
+        }
+      }
+      transposed_.emplace(offset, at);
+      at += shape[0] * shape[1];
+    }
   }
 
   // For y = x W^T + b: dW += dy^T x, db += colsum(dy), dx = dy W (dx may be empty).
@@ -496,7 +540,9 @@ private:
   index_t batch_ = 0, seq_ = 0, capacity_ = 0, layer_slots_ = 0;
   activations acts_;
   bool generating_ = false;
-  aligned_buffer<float> k_cache_, v_cache_; // [layer][batch, context, n_kv_heads, head_dim]
+  aligned_buffer<float> k_cache_, v_cache_;    // [layer][batch, context, n_kv_heads, head_dim]
+  aligned_buffer<float> transposed_storage_;   // generation's [in, out] copies of the weights
+  std::map<index_t, const float*> transposed_; // weight offset -> its copy
   index_t cached_ = 0;
   ops::gemm_compute gemm_compute_ = ops::gemm_compute::native;
 };

@@ -100,8 +100,8 @@ public:
     const float micro = 1.0f / static_cast<float>(options_.grad_accumulation);
     float loss = 0.0f;
     for (index_t i = 0; i < options_.grad_accumulation; ++i) {
-      const token_batch b = data.random_batch(data_rng_, options_.batch);
-      loss += micro * model_.forward(ctx, b.inputs.data(), b.targets.data(), micro);
+      data.random_batch(data_rng_, options_.batch, batch_);
+      loss += micro * model_.forward(ctx, batch_.inputs.data(), batch_.targets.data(), micro);
       model_.backward(ctx);
     }
     ++step_;
@@ -137,8 +137,8 @@ public:
         std::min(options_.eval_batches, std::max<index_t>(1, data.validation_windows() / options_.batch));
     double sum = 0.0;
     for (index_t i = 0; i < batches; ++i) {
-      const token_batch b = data.validation_batch(i, options_.batch);
-      sum += model_.forward(ctx, b.inputs.data(), b.targets.data());
+      data.validation_batch(i, options_.batch, batch_);
+      sum += model_.forward(ctx, batch_.inputs.data(), batch_.targets.data());
     }
     return static_cast<float>(sum / static_cast<double>(batches));
   }
@@ -163,6 +163,7 @@ private:
   train_options options_;
   aligned_buffer<float> m_, v_;
   std::mt19937_64 data_rng_;
+  token_batch batch_; // the current micro-batch's tokens, reused from step to step
   index_t step_ = 0;
   index_t frozen_layers_ = 0;
 };
