@@ -13,6 +13,7 @@
 
 #include "transformer/checkpoint.hpp"
 #include "transformer/cli.hpp"
+#include "transformer/generation.hpp"
 #include "transformer/sampler.hpp"
 #include "transformer/tokenizer.hpp"
 
@@ -27,7 +28,8 @@ int run(int argc, char** argv) {
   cli.option("checkpoint", "", "model checkpoint (required)");
   cli.option("tokenizer", "",
              "llama2.c tokenizer.bin (default: bytes for a 256-token vocabulary, else beside the checkpoint)");
-  cli.option("prompt", "", "text to continue (required)");
+  cli.option("prompt", "", "text to continue");
+  cli.option("prompts-file", "", "several prompts, one per line, generated together as a batch");
   cli.option("max-new-tokens", "256", "tokens to generate at most");
   cli.option("temperature", "1.0", "0: greedy");
   cli.option("top-k", "0", "sample among the k most likely tokens (0: all)");
@@ -41,9 +43,24 @@ int run(int argc, char** argv) {
     return 0;
   }
   kern::require(cli.given("checkpoint"), "generate", "--checkpoint PATH is required (see --help)");
-  kern::require(cli.given("prompt"), "generate", "--prompt TEXT is required (see --help)");
-  const std::string prompt = cli.text("prompt");
-  kern::require(!prompt.empty(), "generate", "--prompt is empty: give some text to continue");
+  kern::require(cli.given("prompt") != cli.given("prompts-file"), "generate",
+                "give either --prompt TEXT or --prompts-file FILE (see --help)");
+  std::vector<std::string> prompts;
+  if (cli.given("prompt")) {
+    prompts.push_back(cli.text("prompt"));
+  } else { // one prompt per line, generated together as one batch
+    const std::string all = read_text_file(cli.text("prompts-file"));
+    for (std::size_t begin = 0; begin < all.size();) {
+      const std::size_t end = std::min(all.find('\n', begin), all.size());
+      if (end > begin) {
+        prompts.push_back(all.substr(begin, end - begin));
+      }
+      begin = end + 1;
+    }
+  }
+  for (const std::string& prompt : prompts) {
+    kern::require(!prompt.empty(), "generate", "a prompt is empty: give some text to continue");
+  }
   sampling_options s;
   s.temperature = static_cast<float>(cli.real("temperature"));
   s.top_k = cli.integer("top-k");
@@ -52,8 +69,10 @@ int run(int argc, char** argv) {
   s.repetition_penalty = static_cast<float>(cli.real("repetition-penalty"));
   s.seed = static_cast<std::uint64_t>(cli.integer("seed"));
   sampler pick(s);
-  const index_t max_new = cli.integer("max-new-tokens");
-  kern::require(max_new >= 0, "generate", "--max-new-tokens = ", max_new, " must not be negative");
+  generation_limits limits;
+  limits.max_new_tokens = cli.integer("max-new-tokens");
+  kern::require(limits.max_new_tokens >= 0, "generate", "--max-new-tokens = ", limits.max_new_tokens,
+                " must not be negative");
   const kern::cpu::context ctx =
       cli.integer("threads") > 0 ? kern::cpu::context(static_cast<int>(cli.integer("threads"))) : kern::cpu::context();
 
@@ -61,52 +80,58 @@ int run(int argc, char** argv) {
   transformer<> model = load_model(checkpoint);
   const model_config& c = model.config();
   const text_codec codec = codec_for(checkpoint, cli.text("tokenizer"), c.vocab);
-  std::vector<std::int32_t> ids = codec.encode_prompt(prompt);
-  for (std::int32_t id : ids) {
-    kern::require(id >= 0 && id < c.vocab, "generate", "the tokenizer made id ", id, ", outside the model's ", c.vocab,
-                  "-token vocabulary: tokenizer and checkpoint do not match");
+  limits.stop_token = codec.end;
+  std::vector<std::vector<std::int32_t>> sequences;
+  index_t prompt_tokens = 0;
+  for (const std::string& prompt : prompts) {
+    sequences.push_back(codec.encode_prompt(prompt));
+    for (std::int32_t id : sequences.back()) {
+      kern::require(id >= 0 && id < c.vocab, "generate", "the tokenizer made id ", id, ", outside the model's ",
+                    c.vocab, "-token vocabulary: tokenizer and checkpoint do not match");
+    }
+    prompt_tokens += static_cast<index_t>(sequences.back().size());
+    kern::require(static_cast<index_t>(sequences.back().size()) <= c.context, "generate", "a prompt is ",
+                  sequences.back().size(), " tokens, longer than the model's context of ", c.context);
   }
-  const auto prompt_tokens = static_cast<index_t>(ids.size());
-  kern::require(prompt_tokens <= c.context, "generate", "the prompt is ", prompt_tokens,
-                " tokens, longer than the model's context of ", c.context);
 
-  std::fputs(prompt.c_str(), stdout);
-  std::fflush(stdout);
-  model.start_generation(1, prompt_tokens);
-  const auto start = std::chrono::steady_clock::now();
-  const float* logits = model.generate_step(ctx, ids.data(), prompt_tokens);
-  const auto prefilled = std::chrono::steady_clock::now();
-  std::string text = prompt;
+  // One prompt streams its continuation as it comes; several are printed when all are done.
+  const bool stream = prompts.size() == 1;
   const std::string stop = cli.text("stop");
-  index_t generated = 0;
-  while (generated < max_new) {
-    const std::int32_t next = pick.next(logits, c.vocab, ids);
-    if (next == codec.end) {
-      break;
-    }
-    const std::string piece = codec.piece(ids.back(), next);
-    ids.push_back(next);
-    ++generated;
-    std::fputs(piece.c_str(), stdout);
-    std::fflush(stdout);
-    text += piece;
-    if (!stop.empty() && text.size() >= stop.size() &&
-        text.compare(text.size() - stop.size(), stop.size(), stop) == 0) {
-      break;
-    }
-    if (model.cached() >= c.context) {
-      std::fprintf(stderr, "\n(stopped: the context of %lld positions is full)", static_cast<long long>(c.context));
-      break;
-    }
-    logits = model.generate_step(ctx, &next, 1);
+  std::vector<std::string> texts = prompts;
+  std::vector<std::int32_t> previous;
+  for (const auto& ids : sequences) {
+    previous.push_back(ids.back());
   }
-  std::fputs("\n", stdout);
-  const auto end = std::chrono::steady_clock::now();
-  const double prompt_s = std::chrono::duration<double>(prefilled - start).count();
-  const double decode_s = std::chrono::duration<double>(end - prefilled).count();
-  std::fprintf(stderr, "prompt: %lld tokens, %.1f tokens/s | generated: %lld tokens, %.1f tokens/s\n",
-               static_cast<long long>(prompt_tokens), static_cast<double>(prompt_tokens) / prompt_s,
-               static_cast<long long>(generated), generated > 0 ? static_cast<double>(generated) / decode_s : 0.0);
+  if (stream) {
+    std::fputs(prompts[0].c_str(), stdout);
+    std::fflush(stdout);
+  }
+  index_t generated = 0;
+  const auto start = std::chrono::steady_clock::now();
+  generate(ctx, model, sequences, pick, limits, [&](index_t b, std::int32_t token) {
+    const auto at = static_cast<std::size_t>(b);
+    const std::string piece = codec.piece(previous[at], token);
+    previous[at] = token;
+    texts[at] += piece;
+    ++generated;
+    if (stream) {
+      std::fputs(piece.c_str(), stdout);
+      std::fflush(stdout);
+    }
+    return stop.empty() || texts[at].size() < stop.size() ||
+           texts[at].compare(texts[at].size() - stop.size(), stop.size(), stop) != 0;
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    if (stream) {
+      std::fputs("\n", stdout);
+    } else {
+      std::printf("%s%s\n", i > 0 ? "\n" : "", texts[i].c_str());
+    }
+  }
+  std::fprintf(stderr, "%zu prompt(s), %lld prompt tokens | generated %lld tokens in %.2f s, %.1f tokens/s\n",
+               prompts.size(), static_cast<long long>(prompt_tokens), static_cast<long long>(generated), seconds,
+               static_cast<double>(generated) / seconds);
   return 0;
 }
 

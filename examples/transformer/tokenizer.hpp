@@ -1,15 +1,20 @@
-// The tokenizer a checkpoint goes with, behind one interface: bytes (a 256-token vocabulary) or
-// llama2.c's tokenizer.bin (given, or found beside the checkpoint as tokenizer.bin / tok<vocab>.bin).
+// The tokenizer a checkpoint goes with, behind one interface: bytes (a 256-token vocabulary),
+// llama2.c's tokenizer.bin (given, or found beside the checkpoint as tokenizer.bin / tok<vocab>.bin), or
+// GPT-2's BPE (a folder given, or, for a vocabulary of 50,257 tokens, its files found beside the
+// checkpoint: encoder.json + vocab.bpe, or vocab.json + merges.txt).
 #pragma once
 
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data.hpp"
 #include "kern/core/error.hpp"
+#include "tokenizer_gpt2.hpp"
 #include "tokenizer_llama2c.hpp"
 
 namespace kern::examples {
@@ -22,6 +27,21 @@ struct text_codec {
 };
 
 inline text_codec codec_for(const std::filesystem::path& checkpoint, std::filesystem::path tokenizer, index_t vocab) {
+  std::optional<std::pair<std::filesystem::path, std::filesystem::path>> gpt2_files;
+  if (std::filesystem::is_directory(tokenizer)) {
+    gpt2_files = gpt2_tokenizer::files_in(tokenizer);
+    require(gpt2_files.has_value(), "tokenizer", tokenizer.string(),
+            " is a folder without encoder.json + vocab.bpe or vocab.json + merges.txt");
+  } else if (tokenizer.empty() && vocab == gpt2_tokenizer::gpt2_vocab) {
+    gpt2_files = gpt2_tokenizer::files_in(checkpoint.parent_path());
+  }
+  if (gpt2_files) {
+    auto t = std::make_shared<const gpt2_tokenizer>(gpt2_files->first, gpt2_files->second);
+    require(t->vocab_size() <= vocab, "tokenizer", gpt2_files->first.string(), " has ", t->vocab_size(),
+            " tokens, more than the model's ", vocab);
+    const auto encode = [t](const std::string& text) { return t->encode(text); };
+    return {encode, encode, [t](std::int32_t, std::int32_t id) { return t->decode({id}); }, t->eot()};
+  }
   if (tokenizer.empty() && vocab != byte_tokenizer::vocab) {
     for (const std::string& name : {std::string("tokenizer.bin"), "tok" + std::to_string(vocab) + ".bin"}) {
       if (std::filesystem::exists(checkpoint.parent_path() / name)) {

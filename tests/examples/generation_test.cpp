@@ -12,6 +12,7 @@
 
 #include "support/kernel_test.hpp"
 #include "transformer/checkpoint.hpp"
+#include "transformer/generation.hpp"
 #include "transformer/sampler.hpp"
 #include "transformer/tokenizer_llama2c.hpp"
 
@@ -146,32 +147,42 @@ TEST(Stories260K, GreedyGenerationMatchesLlama2c) {
   }
   transformer<> model = kern::examples::load_model(stories / "stories260K.bin");
   const kern::examples::llama2c_tokenizer tok(stories / "tok512.bin", model.config().vocab);
-  int runs = 0;
+  std::vector<reference_run> refs;
   for (const auto& entry : fs::directory_iterator(stories / "reference")) {
-    if (entry.path().extension() != ".cmd") {
-      continue;
+    if (entry.path().extension() == ".cmd") {
+      refs.push_back(read_reference(entry.path()));
+      SCOPED_TRACE(entry.path().filename().string() + " prompt \"" + refs.back().prompt + "\"");
+      ASSERT_FALSE(refs.back().sequence_ids.empty());
+      EXPECT_EQ(tok.encode(refs.back().prompt), refs.back().prompt_ids);
     }
-    const reference_run ref = read_reference(entry.path());
-    SCOPED_TRACE(entry.path().filename().string() + " prompt \"" + ref.prompt + "\"");
-    ASSERT_FALSE(ref.sequence_ids.empty());
-    EXPECT_EQ(tok.encode(ref.prompt), ref.prompt_ids);
-    // run.c: 200 forward passes; the prompt's tokens are forced, then the arg max; BOS ends it.
-    std::vector<std::int32_t> ids = ref.prompt_ids;
-    kern::examples::sampler greedy({.temperature = 0.0f});
-    model.start_generation(1, static_cast<index_t>(ids.size()));
-    const float* logits = model.generate_step(kern::cpu::context(1), ids.data(), static_cast<index_t>(ids.size()));
-    while (static_cast<index_t>(ids.size()) < 201) {
-      const std::int32_t next = greedy.next(logits, model.config().vocab, ids);
-      if (next == kern::examples::llama2c_tokenizer::bos) {
-        break;
-      }
-      ids.push_back(next);
-      logits = model.generate_step(kern::cpu::context(1), &next, 1);
-    }
-    EXPECT_EQ(ids, ref.sequence_ids);
-    ++runs;
   }
-  EXPECT_GE(runs, 3);
+  ASSERT_GE(refs.size(), 3u);
+  // run.c: 200 forward passes (201 ids), the prompt's tokens forced, then the arg max; BOS ends a
+  // text. Every prompt alone, then all of them as one batch (prompts of different lengths).
+  const kern::examples::generation_limits limits{.max_new_tokens = 201,
+                                                 .stop_token = kern::examples::llama2c_tokenizer::bos};
+  std::vector<std::vector<std::int32_t>> prompts;
+  for (const reference_run& r : refs) {
+    prompts.push_back(r.prompt_ids);
+  }
+  const auto until_201 = [&](const std::vector<std::vector<std::int32_t>>& batch) {
+    std::vector<index_t> length;
+    for (const auto& p : batch) {
+      length.push_back(static_cast<index_t>(p.size()));
+    }
+    return [length](index_t b, std::int32_t) mutable { return ++length[static_cast<std::size_t>(b)] < 201; };
+  };
+  for (std::size_t i = 0; i < refs.size(); ++i) {
+    kern::examples::sampler greedy({.temperature = 0.0f});
+    const std::vector<std::vector<std::int32_t>> one{prompts[i]};
+    const auto out = kern::examples::generate(kern::cpu::context(1), model, one, greedy, limits, until_201(one));
+    EXPECT_EQ(out[0], refs[i].sequence_ids) << "prompt \"" << refs[i].prompt << "\" alone";
+  }
+  kern::examples::sampler greedy({.temperature = 0.0f});
+  const auto out = kern::examples::generate(kern::cpu::context(2), model, prompts, greedy, limits, until_201(prompts));
+  for (std::size_t i = 0; i < refs.size(); ++i) {
+    EXPECT_EQ(out[i], refs[i].sequence_ids) << "prompt \"" << refs[i].prompt << "\" in a batch of " << refs.size();
+  }
 }
 
 TEST(Sampler, OptionsBehaveAndAreValidated) {
