@@ -99,6 +99,7 @@ int run(int argc, char** argv) {
   const std::string stop = cli.text("stop");
   std::vector<std::string> texts = prompts;
   std::vector<std::int32_t> previous;
+  previous.reserve(sequences.size());
   for (const auto& ids : sequences) {
     previous.push_back(ids.back());
   }

@@ -23,7 +23,7 @@ using kern::examples::model_config;
 using kern::examples::transformer;
 namespace fs = std::filesystem;
 
-const fs::path stories = fs::path(KERN_SHARED_DATA_DIR) / "stories260K";
+fs::path stories_dir() { return fs::path(KERN_SHARED_DATA_DIR) / "stories260K"; }
 
 TEST(Generation, CachedStepsGiveTheLogitsOfTheFullForwardPass) {
   model_config half = kern::examples::llama_config(2, 4, 1, 32, 40, 29, 24, false);
@@ -70,10 +70,10 @@ TEST(Generation, CachedStepsGiveTheLogitsOfTheFullForwardPass) {
 }
 
 TEST(Llama2cTokenizer, RoundTripsAnyBytes) {
-  if (!fs::exists(stories / "tok512.bin")) {
-    GTEST_SKIP() << stories << " is absent";
+  if (!fs::exists(stories_dir() / "tok512.bin")) {
+    GTEST_SKIP() << stories_dir() << " is absent";
   }
-  const kern::examples::llama2c_tokenizer tok(stories / "tok512.bin", 512);
+  const kern::examples::llama2c_tokenizer tok(stories_dir() / "tok512.bin", 512);
   std::mt19937 rng(kern::test::fresh_seed());
   std::uniform_int_distribution<int> byte(0, 255), ascii(32, 126), length(1, 60);
   const std::vector<std::string> texts = {"Once upon a time", "Lily wanted to",
@@ -100,7 +100,7 @@ TEST(Llama2cTokenizer, RoundTripsAnyBytes) {
     }
     EXPECT_EQ(back, text) << "trial " << trial;
   }
-  EXPECT_THROW(kern::examples::llama2c_tokenizer(stories / "tok512.bin", 600), kern::error); // wrong vocabulary
+  EXPECT_THROW(kern::examples::llama2c_tokenizer(stories_dir() / "tok512.bin", 600), kern::error); // wrong vocabulary
 }
 
 struct reference_run {
@@ -142,13 +142,13 @@ reference_run read_reference(const fs::path& cmd) {
 }
 
 TEST(Stories260K, GreedyGenerationMatchesLlama2c) {
-  if (!fs::exists(stories / "stories260K.bin")) {
-    GTEST_SKIP() << stories << " is absent: the pretrained model is not here";
+  if (!fs::exists(stories_dir() / "stories260K.bin")) {
+    GTEST_SKIP() << stories_dir() << " is absent: the pretrained model is not here";
   }
-  transformer<> model = kern::examples::load_model(stories / "stories260K.bin");
-  const kern::examples::llama2c_tokenizer tok(stories / "tok512.bin", model.config().vocab);
+  transformer<> model = kern::examples::load_model(stories_dir() / "stories260K.bin");
+  const kern::examples::llama2c_tokenizer tok(stories_dir() / "tok512.bin", model.config().vocab);
   std::vector<reference_run> refs;
-  for (const auto& entry : fs::directory_iterator(stories / "reference")) {
+  for (const auto& entry : fs::directory_iterator(stories_dir() / "reference")) {
     if (entry.path().extension() == ".cmd") {
       refs.push_back(read_reference(entry.path()));
       SCOPED_TRACE(entry.path().filename().string() + " prompt \"" + refs.back().prompt + "\"");
@@ -162,11 +162,13 @@ TEST(Stories260K, GreedyGenerationMatchesLlama2c) {
   const kern::examples::generation_limits limits{.max_new_tokens = 201,
                                                  .stop_token = kern::examples::llama2c_tokenizer::bos};
   std::vector<std::vector<std::int32_t>> prompts;
+  prompts.reserve(refs.size());
   for (const reference_run& r : refs) {
     prompts.push_back(r.prompt_ids);
   }
   const auto until_201 = [&](const std::vector<std::vector<std::int32_t>>& batch) {
     std::vector<index_t> length;
+    length.reserve(batch.size());
     for (const auto& p : batch) {
       length.push_back(static_cast<index_t>(p.size()));
     }

@@ -21,7 +21,7 @@ using kern::examples::transformer;
 namespace fs = std::filesystem;
 
 fs::path scratch_dir() {
-  const fs::path dir = fs::temp_directory_path() / ("kern_model_checkpoint_" + std::to_string(::getpid()));
+  fs::path dir = fs::temp_directory_path() / ("kern_model_checkpoint_" + std::to_string(::getpid()));
   fs::create_directories(dir);
   return dir;
 }
@@ -49,7 +49,7 @@ TEST(ModelCheckpoint, SaveLoadGivesIdenticalLogits) {
     transformer<> model(c);
     model.init_random(kern::test::fresh_seed());
     std::vector<std::int32_t> tokens;
-    for (index_t i = 0; i < 2 * 11; ++i) {
+    for (index_t i = 0; i < index_t{2} * 11; ++i) {
       tokens.push_back(static_cast<std::int32_t>((i * 13 + 5) % c.vocab));
     }
     const std::vector<float> before = logits_of(model, tokens, 2, 11);
@@ -78,7 +78,7 @@ TEST(ModelCheckpoint, UsesHuggingFaceNamesAndLayouts) {
   EXPECT_EQ(file.info("wte.weight").shape, (std::vector<index_t>{11, 8}));
   EXPECT_EQ(file.info("h.0.attn.c_attn.weight").shape, (std::vector<index_t>{8, 24}));
   EXPECT_EQ(file.info("h.0.mlp.c_proj.weight").shape, (std::vector<index_t>{32, 8}));
-  std::vector<float> c_attn(8 * 24);
+  std::vector<float> c_attn(std::size_t{8} * 24);
   file.read_f32("h.0.attn.c_attn.weight", c_attn, {8, 24});
   const kern::examples::layer_offsets& w = gpt.layout().layers[0];
   for (index_t in = 0; in < 8; ++in) {
@@ -99,7 +99,7 @@ TEST(ModelCheckpoint, UsesHuggingFaceNamesAndLayouts) {
     EXPECT_TRUE(lf.contains(name)) << name;
   }
   EXPECT_FALSE(lf.contains("lm_head.weight")); // tied
-  std::vector<float> q(8 * 8);
+  std::vector<float> q(std::size_t{8} * 8);
   lf.read_f32("model.layers.0.self_attn.q_proj.weight", q, {8, 8});
   const index_t qkv = llama.layout().layers[0].qkv_weight, hd = 4;
   for (index_t k = 0; k < 8; ++k) { // kern row k = 2i + j of a head sits at row j * hd / 2 + i
@@ -233,7 +233,7 @@ TEST(ModelCheckpoint, Stories260KMatchesLlama2cLogits) {
   sequence.resize(16);
   const std::vector<float> logits = logits_of(model, sequence, 1, 16);
   std::ifstream raw(data / "reference" / "empty.logits_pos0-15.f32", std::ios::binary);
-  std::vector<float> expected(16 * 512);
+  std::vector<float> expected(std::size_t{16} * 512);
   raw.read(reinterpret_cast<char*>(expected.data()), static_cast<std::streamsize>(expected.size() * sizeof(float)));
   ASSERT_TRUE(raw.good());
   std::vector<double> reference(expected.begin(), expected.end());

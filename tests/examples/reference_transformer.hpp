@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "transformer/config.hpp"
@@ -157,7 +158,7 @@ private:
         for (index_t i = 0; i < seq; ++i) {
           const double* q = qkv.data() + (b * seq + i) * qkv_dim + h * hd;
           std::vector<double> s(static_cast<std::size_t>(i + 1));
-          double m = -INFINITY;
+          double m = -std::numeric_limits<double>::infinity();
           for (index_t j = 0; j <= i; ++j) {
             const double* k = qkv.data() + (b * seq + j) * qkv_dim + c_.q_dim() + kv * hd;
             double dot = 0.0;

@@ -24,7 +24,7 @@ using kern::examples::transformer;
 namespace fs = std::filesystem;
 
 fs::path scratch_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("kern_training_" + name + "_" + std::to_string(::getpid()));
+  fs::path dir = fs::temp_directory_path() / ("kern_training_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
