@@ -3,7 +3,6 @@
 //
 //   finetune --checkpoint stories260K.bin --data my_stories.txt --out tuned --steps 200
 #include <cstdio>
-#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -100,11 +99,4 @@ int run(int argc, char** argv) {
 
 } // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "\nerror: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return kern::examples::run_program(argc, argv, run); }

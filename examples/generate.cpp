@@ -5,7 +5,6 @@
 //   generate --checkpoint runs/x/step_000300/model.safetensors --prompt "ROMEO:" --temperature 0.8
 #include <chrono>
 #include <cstdio>
-#include <exception>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -138,11 +137,4 @@ int run(int argc, char** argv) {
 
 } // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return kern::examples::run_program(argc, argv, run); }

@@ -6,7 +6,6 @@
 // matplotlib is there); checkpoints to OUT/step_NNNNNN/ (see transformer/training_checkpoint.hpp).
 #include <cstdio>
 #include <cstdlib>
-#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -174,11 +173,4 @@ int run(int argc, char** argv) {
 
 } // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "\nerror: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return kern::examples::run_program(argc, argv, run); }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdio>
+#include <exception>
 #include <map>
 #include <string>
 #include <vector>
@@ -99,5 +100,15 @@ private:
   std::map<std::string, spec> options_;
   std::vector<std::string> order_;
 };
+
+// A program's main: run(argc, argv), its errors printed on stderr with a non-zero exit.
+template <class Run> int run_program(int argc, char** argv, Run run) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "\nerror: %s\n", e.what());
+    return 1;
+  }
+}
 
 } // namespace kern::examples

@@ -103,6 +103,26 @@ inline std::string quote(std::string_view text) {
   return out + "\"";
 }
 
+// Appends code point `code` to `out` as UTF-8 (also used by the GPT-2 tokenizer's byte alphabet).
+inline void append_utf8(std::string& out, std::uint32_t code) {
+  const auto byte = [&out](std::uint32_t b) { out += static_cast<char>(static_cast<unsigned char>(b)); };
+  if (code < 0x80) {
+    byte(code);
+  } else if (code < 0x800) {
+    byte(0xc0 | (code >> 6));
+    byte(0x80 | (code & 0x3f));
+  } else if (code < 0x10000) {
+    byte(0xe0 | (code >> 12));
+    byte(0x80 | ((code >> 6) & 0x3f));
+    byte(0x80 | (code & 0x3f));
+  } else {
+    byte(0xf0 | (code >> 18));
+    byte(0x80 | ((code >> 12) & 0x3f));
+    byte(0x80 | ((code >> 6) & 0x3f));
+    byte(0x80 | (code & 0x3f));
+  }
+}
+
 class parser {
 public:
   // `where` starts every error message (the file being read).
@@ -395,25 +415,6 @@ private:
       code = code * 16 + static_cast<std::uint32_t>(digit);
     }
     return code;
-  }
-
-  static void append_utf8(std::string& out, std::uint32_t code) {
-    const auto byte = [&out](std::uint32_t b) { out += static_cast<char>(static_cast<unsigned char>(b)); };
-    if (code < 0x80) {
-      byte(code);
-    } else if (code < 0x800) {
-      byte(0xc0 | (code >> 6));
-      byte(0x80 | (code & 0x3f));
-    } else if (code < 0x10000) {
-      byte(0xe0 | (code >> 12));
-      byte(0x80 | ((code >> 6) & 0x3f));
-      byte(0x80 | (code & 0x3f));
-    } else {
-      byte(0xf0 | (code >> 18));
-      byte(0x80 | ((code >> 12) & 0x3f));
-      byte(0x80 | ((code >> 6) & 0x3f));
-      byte(0x80 | (code & 0x3f));
-    }
   }
 
   std::string_view text_;

@@ -61,25 +61,6 @@ inline std::uint32_t decode_utf8(std::string_view text, std::size_t length) {
   return code;
 }
 
-inline void append_utf8(std::string& out, std::uint32_t code) {
-  const auto byte = [&out](std::uint32_t b) { out += static_cast<char>(static_cast<unsigned char>(b)); };
-  if (code < 0x80) {
-    byte(code);
-  } else if (code < 0x800) {
-    byte(0xc0 | (code >> 6));
-    byte(0x80 | (code & 0x3f));
-  } else if (code < 0x10000) {
-    byte(0xe0 | (code >> 12));
-    byte(0x80 | ((code >> 6) & 0x3f));
-    byte(0x80 | (code & 0x3f));
-  } else {
-    byte(0xf0 | (code >> 18));
-    byte(0x80 | ((code >> 12) & 0x3f));
-    byte(0x80 | ((code >> 6) & 0x3f));
-    byte(0x80 | (code & 0x3f));
-  }
-}
-
 // The bytes a token string (valid UTF-8, in the byte-to-unicode alphabet) stands for; nullopt when a
 // character is outside the alphabet.
 inline std::optional<std::string> token_bytes(std::string_view token) {
@@ -110,7 +91,7 @@ inline std::optional<std::string> token_bytes(std::string_view token) {
 // A byte as the character that stands for it in token strings, for messages.
 inline std::string byte_character(unsigned char byte) {
   std::string out;
-  append_utf8(out, code_point_of_byte[byte]);
+  json::append_utf8(out, code_point_of_byte[byte]);
   return out;
 }
 
