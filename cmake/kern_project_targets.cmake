@@ -40,3 +40,40 @@ function(kern_add_bench name)
     kern_enable_isa_dispatch(${name} FAMILIES ${arg_FAMILIES})
   endif()
 endfunction()
+
+# kern_add_gpu_test(NAME source): one GoogleTest program of GPU kernels, built three ways.
+#  - In the CPU execution mode, twice: NAME_w32 and NAME_w64 (warp size 32 and 64), run by ctest.
+#  - Compile checks, run by ctest: nvcc for sm_80 and sm_90a and hipcc for the CDNA targets, with
+#    warnings as errors and ptxas spills as errors (skipped, and reported so, where the compiler is
+#    absent).
+#  - With KERN_ENABLE_CUDA: NAME_cuda, on the GPU (its tests skip where there is none).
+set(KERN_GPU_TEST_DIR "${CMAKE_CURRENT_LIST_DIR}/../tests/gpu")
+find_program(KERN_NVCC nvcc HINTS /usr/local/cuda/bin)
+find_program(KERN_HIPCC hipcc)
+function(kern_add_gpu_test name source)
+  foreach(warp 32 64)
+    add_executable(${name}_w${warp} ${source})
+    target_include_directories(${name}_w${warp} PRIVATE "${PROJECT_SOURCE_DIR}/tests")
+    target_link_libraries(${name}_w${warp} PRIVATE kern::kern kern_warnings GTest::gtest GTest::gtest_main)
+    target_compile_definitions(${name}_w${warp} PRIVATE KERN_GPU_EMULATED_WARP_SIZE=${warp})
+    gtest_discover_tests(${name}_w${warp} DISCOVERY_TIMEOUT 60 TEST_SUFFIX "/warp:${warp}")
+  endforeach()
+  if(NOT CMAKE_CXX_FLAGS MATCHES "-fsanitize")
+    foreach(kind nvcc hipcc)
+      string(TOUPPER "${kind}" kind_upper)
+      add_test(NAME ${kind}_compile/${name}
+        COMMAND "${KERN_GPU_TEST_DIR}/compile_check.sh" ${kind} "${KERN_${kind_upper}}" "${source}"
+          "${PROJECT_SOURCE_DIR}/include" "${PROJECT_SOURCE_DIR}/kernels" "${PROJECT_SOURCE_DIR}/tests")
+      set_tests_properties(${kind}_compile/${name} PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600)
+    endforeach()
+  endif()
+  if(KERN_ENABLE_CUDA)
+    set(wrapper "${CMAKE_CURRENT_BINARY_DIR}/${name}.cu")
+    file(CONFIGURE OUTPUT "${wrapper}" CONTENT "#include \"${source}\"\n")
+    add_executable(${name}_cuda "${wrapper}")
+    target_include_directories(${name}_cuda PRIVATE "${PROJECT_SOURCE_DIR}/tests")
+    target_link_libraries(${name}_cuda PRIVATE kern::cuda GTest::gtest GTest::gtest_main)
+    target_compile_options(${name}_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr>)
+    gtest_discover_tests(${name}_cuda DISCOVERY_TIMEOUT 60 TEST_SUFFIX "/cuda")
+  endif()
+endfunction()

@@ -34,9 +34,9 @@ inline constexpr float sentinel = 12288.0f;
 // "f32" or "bf16", for SCOPED_TRACE messages.
 template <class T> constexpr std::string_view type_name() { return kern::name(dtype_of_v<T>); }
 
-// The bits of a float or bf16 value, to compare results bit for bit (NaN included).
+// The bits of a float, bf16 or f16 value, to compare results bit for bit (NaN included).
 template <class T> std::uint32_t bits_of(T value) {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, bf16>, "bits_of: float or bf16");
+  static_assert(is_element_type_v<T>, "bits_of: float, bf16 or f16");
   if constexpr (std::is_same_v<T, float>) {
     return std::bit_cast<std::uint32_t>(value);
   } else {
@@ -131,8 +131,11 @@ double scaled_error(const std::vector<T>& out, const std::vector<double>& ref, c
 }
 
 // The error bound a kernel's output in storage type T is held to: fp32 math throughout, so an f32
-// output is close to the float64 result; a bf16 output carries its own rounding (2^-9 relative).
-template <class T> constexpr double output_tolerance() { return dtype_of_v<T> == dtype::bf16 ? 8e-3 : 5e-6; }
+// output is close to the float64 result; a bf16 output carries its own rounding (2^-9 relative), an
+// f16 output its own (2^-12).
+template <class T> constexpr double output_tolerance() {
+  return dtype_of_v<T> == dtype::bf16 ? 8e-3 : dtype_of_v<T> == dtype::f16 ? 1e-3 : 5e-6;
+}
 
 // The message of the kern::error that call throws, or "(no error)".
 inline std::string error_of(const std::function<void()>& call) {

@@ -1,0 +1,19 @@
+// The main of the GPU benchmark program: records the device and its copy bandwidth in the JSON
+// context, so that every figure in the file can be read against them.
+#include <string>
+
+#include <benchmark/benchmark.h>
+
+#include "gpu/gpu_bench.hpp"
+
+int main(int argc, char** argv) {
+  benchmark::AddCustomContext("kern_gpu", kern::gpu::describe_device());
+  benchmark::AddCustomContext("copy_GB/s", std::to_string(kern::bench::copy_bandwidth_gbs()));
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) {
+    return 1;
+  }
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
