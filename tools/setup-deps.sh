@@ -13,6 +13,7 @@ packages=(
   g++-aarch64-linux-gnu qemu-user             # the NEON path, cross-compiled and emulated
   python3-matplotlib python3-numpy            # tools/bench_report.py, tools/plot_loss.py
   fortunes                                    # the demo's corpus (tools/demo.sh)
+  hipcc                                       # the HIP compile checks (AMD CDNA targets)
 )
 
 missing=()

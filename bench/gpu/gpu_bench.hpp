@@ -1,9 +1,11 @@
 // What every GPU benchmark shares: device buffers filled on the device side, timing with events
 // around the enqueued work (Google Benchmark's manual time), and the bandwidth counters.
 //
-// Memory-bound kernels report GB/s of the minimum traffic (each input byte read once, each output
-// byte written once) and copy_frac: that rate over the device's copy bandwidth, measured in the
-// same run (a device-to-device copy of 1 GiB, read + write bytes, the best of several).
+// Names follow kern's convention, <family>/<impl>/<dtype>/<shape> (e.g. norm/kern_cuda/bf16/8192x768),
+// so that tools/bench_report.py tabulates them. Memory-bound kernels report GBps, the rate of the
+// minimum traffic (each input byte read once, each output byte written once), and peak_frac: that
+// rate over the device's copy bandwidth (copy_GBps), measured in the same run (a device-to-device
+// copy of 1 GiB, read + write bytes, the best of ten).
 #pragma once
 
 #include <algorithm>
@@ -52,7 +54,7 @@ inline double copy_bandwidth_gbs() {
 }
 
 // Times work(stream) per iteration with events around it (register the benchmark with
-// ->UseManualTime()). `bytes`: the minimum traffic of one call, for GB/s and copy_frac.
+// ->UseManualTime()). `bytes`: the minimum traffic of one call, for GBps and peak_frac.
 inline void time_on_gpu(benchmark::State& state, double bytes, const std::function<void(gpu::stream_t)>& work) {
   gpu::stream stream;
   gpu::event start, stop;
@@ -69,9 +71,9 @@ inline void time_on_gpu(benchmark::State& state, double bytes, const std::functi
     seconds += iteration;
   }
   const double rate = seconds > 0 ? bytes * static_cast<double>(state.iterations()) / seconds * 1e-9 : 0.0;
-  state.counters["GB/s"] = rate;
-  state.counters["copy_GB/s"] = copy_bandwidth_gbs();
-  state.counters["copy_frac"] = rate / copy_bandwidth_gbs();
+  state.counters["GBps"] = rate;
+  state.counters["copy_GBps"] = copy_bandwidth_gbs();
+  state.counters["peak_frac"] = rate / copy_bandwidth_gbs();
 }
 
 } // namespace kern::bench

@@ -8,7 +8,7 @@
 
 int main(int argc, char** argv) {
   benchmark::AddCustomContext("kern_gpu", kern::gpu::describe_device());
-  benchmark::AddCustomContext("copy_GB/s", std::to_string(kern::bench::copy_bandwidth_gbs()));
+  benchmark::AddCustomContext("copy_GBps", std::to_string(kern::bench::copy_bandwidth_gbs()));
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) {
     return 1;
