@@ -17,7 +17,8 @@ namespace kern::gpu {
 
 #if defined(KERN_GPU_EMULATED)
 
-template <class T, std::size_t N> struct shared_array {
+// 16-byte aligned in every mode: vector accesses, ldmatrix and cp.async need it.
+template <class T, std::size_t N> struct alignas(alignof(T) > 16 ? alignof(T) : 16) shared_array {
   T values[N];
 
   T& operator[](std::size_t i) {
@@ -68,7 +69,7 @@ template <class T> shared_span<T> dynamic_shared_span() {
 
 #else
 
-template <class T, std::size_t N> struct shared_array {
+template <class T, std::size_t N> struct alignas(alignof(T) > 16 ? alignof(T) : 16) shared_array {
   T values[N];
   KERN_DEVICE T& operator[](std::size_t i) { return values[i]; }
   KERN_DEVICE T* data() noexcept { return values; }

@@ -34,6 +34,11 @@ struct AssertionResult {
   bool ok;
   explicit operator bool() const { return ok; }
 };
+// SCOPED_TRACE(testing::Message() << ...) as the CPU tests write their traces.
+class Message {
+public:
+  template <class T> Message& operator<<(const T&) { return *this; }
+};
 inline AssertionResult AssertionSuccess() { return {true}; }
 inline AssertionResult AssertionFailure() { return {false}; }
 } // namespace testing
@@ -95,4 +100,4 @@ struct trace {
     return;                                                                                                            \
   else                                                                                                                 \
     ::gtest_compile_only::check()
-#define SCOPED_TRACE(message) const ::gtest_compile_only::trace GTEST_COMPILE_ONLY_CONCAT(trace_, __LINE__)(message)
+#define SCOPED_TRACE(message) [[maybe_unused]] const ::gtest_compile_only::trace GTEST_COMPILE_ONLY_CONCAT(trace_, __LINE__)(message)
