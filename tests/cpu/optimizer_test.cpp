@@ -1,4 +1,5 @@
-// kern::cpu::adamw_step, sgd_step, global_grad_norm and clip_factor against float64 references.
+// kern::cpu::adamw_step, sgd_step, global_grad_norm and clip_factor against float64 references
+// (AdamW's and the norm's in support/optimizer_reference.hpp, shared with the GPU test).
 //
 // The steps are checked one at a time: each step's reference starts from the kernel's own fp32
 // inputs, so that the errors measured are those of the step itself, not of fp32 state drifting
@@ -21,6 +22,7 @@
 
 #include "kern/cpu.hpp"
 #include "support/kernel_test.hpp"
+#include "support/optimizer_reference.hpp"
 
 namespace {
 
@@ -37,26 +39,6 @@ constexpr index_t sizes[] = {1, 7, 17, 31, 257, 1000, (index_t{1} << 20) + 3};
 
 std::size_t at(index_t i) { return static_cast<std::size_t>(i); }
 
-// How far a step's new parameters are from the reference, as a fraction of what is allowed:
-// `tolerance` times the size of the change's terms (change_scale), plus two units in the last place
-// of each parameter for the roundings no fp32 step avoids (the decayed and the updated value). At
-// most 1 passes; infinite when an output is NaN or Inf where the reference is finite.
-double update_error(const std::vector<float>& after, const std::vector<double>& ref,
-                    const std::vector<double>& change_scale, double tolerance) {
-  double diff = 0.0, allowed = 0.0;
-  for (std::size_t i = 0; i < ref.size(); ++i) {
-    const double out = after[i];
-    if (!std::isfinite(out) && std::isfinite(ref[i])) {
-      return std::numeric_limits<double>::infinity();
-    }
-    const auto magnitude = static_cast<float>(std::abs(ref[i]));
-    const double ulp = std::nextafter(magnitude, inf_f) - magnitude;
-    diff += (out - ref[i]) * (out - ref[i]);
-    allowed += tolerance * tolerance * change_scale[i] * change_scale[i] + 4.0 * ulp * ulp;
-  }
-  return std::sqrt(diff / allowed);
-}
-
 // A buffer of count values followed by the canary.
 std::vector<float> with_canary(std::vector<float> values) {
   values.push_back(canary);
@@ -65,33 +47,6 @@ std::vector<float> with_canary(std::vector<float> values) {
 
 // ---------------------------------------------------------------------------------------------
 // AdamW
-
-// A reference step: the new values, and the magnitudes of the terms behind m and behind the
-// parameter change (the scales of scaled_error and update_error).
-struct adamw_reference {
-  std::vector<double> param, m, v, m_scale, change_scale;
-};
-
-// One step in float64 from the given fp32 state, the formulas of torch.optim.AdamW.
-adamw_reference adamw_reference_step(const adamw_params& p, const std::vector<float>& param,
-                                     const std::vector<float>& grad, const std::vector<float>& m,
-                                     const std::vector<float>& v) {
-  const double lr = p.lr, beta1 = p.beta1, beta2 = p.beta2, eps = p.epsilon, wd = p.weight_decay;
-  const double correction1 = 1.0 - std::pow(beta1, static_cast<double>(p.step));
-  const double correction2 = 1.0 - std::pow(beta2, static_cast<double>(p.step));
-  const std::vector<double> zeros(at(p.count));
-  adamw_reference ref{zeros, zeros, zeros, zeros, zeros};
-  for (std::size_t i = 0; i < at(p.count); ++i) {
-    const double g = static_cast<double>(p.grad_scale) * grad[i];
-    ref.m[i] = beta1 * m[i] + (1.0 - beta1) * g;
-    ref.v[i] = beta2 * v[i] + (1.0 - beta2) * g * g;
-    const double denominator = std::sqrt(ref.v[i] / correction2) + eps;
-    ref.param[i] = param[i] * (1.0 - lr * wd) - lr / correction1 * ref.m[i] / denominator;
-    ref.m_scale[i] = beta1 * std::abs(m[i]) + (1.0 - beta1) * std::abs(g);
-    ref.change_scale[i] = lr * wd * std::abs(param[i]) + lr / correction1 * ref.m_scale[i] / denominator;
-  }
-  return ref;
-}
 
 struct adamw_config {
   const char* name;
@@ -492,19 +447,6 @@ struct gradient_set {
       spans.push_back({t.data(), static_cast<index_t>(t.size())});
     }
   }
-  // The norm in float64, summed with Kahan compensation so that its own error is negligible.
-  double reference_norm() const {
-    double sum = 0.0, compensation = 0.0;
-    for (const std::vector<float>& t : tensors) {
-      for (float x : t) {
-        const double term = static_cast<double>(x) * x - compensation;
-        const double next = sum + term;
-        compensation = (next - sum) - term;
-        sum = next;
-      }
-    }
-    return std::sqrt(sum);
-  }
 };
 
 TEST(CpuOptimizer, GradNormMatchesFloat64Reference) {
@@ -522,7 +464,7 @@ TEST(CpuOptimizer, GradNormMatchesFloat64Reference) {
       SCOPED_TRACE(testing::Message() << "tensors " << counts.size() << ", first " << *counts.begin() << ", threads "
                                       << threads << ", seed " << seed);
       const gradient_set g(counts, seed);
-      const double ref = g.reference_norm();
+      const double ref = reference_norm(g.tensors);
       const double norm = kern::cpu::global_grad_norm(kern::cpu::context(threads), g.spans);
       // Accumulation in double: float squares or float sums would be off by ~1e-8 to 1e-10.
       EXPECT_NEAR(norm, ref, 1e-12 * ref);

@@ -23,9 +23,9 @@ nvcc)
   ;;
 hipcc)
   # Every CDNA target this toolchain knows (gfx941/942 are newer than its LLVM).
-  # It reads a compile-only GoogleTest (hip_gtest/gtest/gtest.h says why).
+  # It reads compile-only GoogleTest and Google Benchmark headers (hip_compile_only/ says why).
   output=$("$compiler" -std=c++20 -x hip --offload-arch=gfx90a --offload-arch=gfx940 \
-    -I "$(dirname "$0")/hip_gtest" -Rpass-analysis=kernel-resource-usage \
+    -I "$(dirname "$0")/hip_compile_only" -Rpass-analysis=kernel-resource-usage \
     -Wall -Wextra -Werror "${includes[@]}" -c "$source" -o /dev/null 2>&1)
   status=$?
   ;;

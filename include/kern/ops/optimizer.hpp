@@ -16,6 +16,12 @@
 //     g = nesterov ? g + momentum * b : b
 //   p  = p - lr * g
 //
+// adamw_multi_params: one AdamW step of a list of tensors (adamw_tensor: the buffers of one) that
+// share the hyperparameters, as torch's foreach / fused AdamW: every tensor gets the update above.
+// grad_scale_factor, when set, points to a float that the kernel reads where it runs (on a GPU, a
+// device float such as the clip factor the global norm wrote) and multiplies into grad_scale, so
+// that clipping needs no trip through the host.
+//
 // gradient_span: one gradient tensor, flattened; the global norm runs over a list of them.
 // clip_factor: torch.nn.utils.clip_grad_norm_'s coefficient min(1, max_norm / (norm + 1e-6)).
 //
@@ -24,11 +30,16 @@
 // the parameters (IEEE), and the caller that wants to skip a bad step checks the norm first.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <initializer_list>
 #include <span>
+#include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "kern/core/dtype.hpp"
 #include "kern/core/error.hpp"
@@ -64,6 +75,24 @@ struct gradient_span {
   index_t count = 0;
 };
 
+// One tensor of a multi-tensor AdamW step: adamw_params' buffers.
+struct adamw_tensor {
+  float* param = nullptr;
+  const float* grad = nullptr;
+  float* m = nullptr;
+  float* v = nullptr;
+  bf16* param_bf16 = nullptr; // optional
+  index_t count = 0;
+};
+
+struct adamw_multi_params {
+  std::span<const adamw_tensor> tensors;
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, epsilon = 1e-8f, weight_decay = 0.0f;
+  index_t step = 1;
+  float grad_scale = 1.0f;
+  const float* grad_scale_factor = nullptr; // optional: read by the kernel, multiplies grad_scale
+};
+
 namespace detail {
 
 inline void require_finite_non_negative(std::string_view op, std::string_view arg, float value) {
@@ -94,6 +123,48 @@ inline void require_state_disjoint(std::string_view op, std::initializer_list<st
   }
 }
 
+// One buffer of a list of tensors, as bytes [begin, end); tensor < 0 for a buffer of the whole list.
+struct listed_buffer {
+  std::string_view name;
+  std::ptrdiff_t tensor;
+  const std::byte* begin;
+  const std::byte* end;
+  std::size_t position = 0; // in the list as given, to name two overlapping buffers in that order
+
+  std::uintptr_t first_byte() const { return reinterpret_cast<std::uintptr_t>(begin); }
+  std::uintptr_t last_byte_end() const { return reinterpret_cast<std::uintptr_t>(end); }
+  std::string label() const {
+    return tensor < 0 ? std::string(name) : "tensors[" + std::to_string(tensor) + "]." + std::string(name);
+  }
+};
+
+template <class T> listed_buffer listed(std::string_view name, std::ptrdiff_t tensor, const T* data, index_t count) {
+  const auto* begin = reinterpret_cast<const std::byte*>(data);
+  return {name, tensor, begin, begin + (data != nullptr ? count : 0) * static_cast<index_t>(sizeof(T))};
+}
+
+// No two of the buffers may overlap. Sorted by address, a buffer overlaps an earlier one exactly when
+// it starts before the furthest end seen so far, so that one pass finds an overlap among any number.
+inline void require_listed_disjoint(std::string_view op, std::vector<listed_buffer> buffers) {
+  for (std::size_t i = 0; i < buffers.size(); ++i) {
+    buffers[i].position = i;
+  }
+  std::erase_if(buffers, [](const listed_buffer& b) { return b.begin == b.end; });
+  std::sort(buffers.begin(), buffers.end(),
+            [](const listed_buffer& a, const listed_buffer& b) { return a.first_byte() < b.first_byte(); });
+  const listed_buffer* furthest = nullptr;
+  for (const listed_buffer& b : buffers) {
+    if (furthest != nullptr && b.first_byte() < furthest->last_byte_end()) {
+      const listed_buffer& first = furthest->position < b.position ? *furthest : b;
+      const listed_buffer& second = furthest->position < b.position ? b : *furthest;
+      require_disjoint(op, first.label(), first.begin, first.end, second.label(), second.begin, second.end);
+    }
+    if (furthest == nullptr || b.last_byte_end() > furthest->last_byte_end()) {
+      furthest = &b;
+    }
+  }
+}
+
 } // namespace detail
 
 inline void validate(std::string_view op, const adamw_params& p) {
@@ -112,6 +183,40 @@ inline void validate(std::string_view op, const adamw_params& p) {
                                       detail::buffer_of("m", p.m, p.count), detail::buffer_of("v", p.v, p.count),
                                       detail::buffer_of("param_bf16", p.param_bf16, p.count),
                                       detail::buffer_of("grad", p.grad, p.count)});
+}
+
+// The hyperparameters as for one tensor, then every tensor's count and pointers; no buffer of any
+// tensor may overlap another buffer of any tensor (they are updated concurrently).
+inline void validate(std::string_view op, const adamw_multi_params& p) {
+  adamw_params hyperparameters;
+  hyperparameters.lr = p.lr;
+  hyperparameters.beta1 = p.beta1;
+  hyperparameters.beta2 = p.beta2;
+  hyperparameters.epsilon = p.epsilon;
+  hyperparameters.weight_decay = p.weight_decay;
+  hyperparameters.step = p.step;
+  validate(op, hyperparameters);
+  std::vector<detail::listed_buffer> buffers{detail::listed("grad_scale_factor", -1, p.grad_scale_factor, 1)};
+  buffers.reserve(5 * p.tensors.size() + 1);
+  for (std::size_t i = 0; i < p.tensors.size(); ++i) {
+    const adamw_tensor& t = p.tensors[i];
+    require(t.count >= 0, op, "tensors[", i, "].count = ", t.count, " must not be negative");
+    const auto require_buffer = [&](std::string_view name, const void* data) {
+      require(data != nullptr || t.count == 0, op, "tensors[", i, "].", name, " is null but holds ", t.count,
+              " elements");
+    };
+    require_buffer("param", t.param);
+    require_buffer("grad", t.grad);
+    require_buffer("m", t.m);
+    require_buffer("v", t.v);
+    const auto tensor = static_cast<std::ptrdiff_t>(i);
+    buffers.push_back(detail::listed("param", tensor, t.param, t.count));
+    buffers.push_back(detail::listed("m", tensor, t.m, t.count));
+    buffers.push_back(detail::listed("v", tensor, t.v, t.count));
+    buffers.push_back(detail::listed("param_bf16", tensor, t.param_bf16, t.count));
+    buffers.push_back(detail::listed("grad", tensor, t.grad, t.count));
+  }
+  detail::require_listed_disjoint(op, std::move(buffers));
 }
 
 inline void validate(std::string_view op, const sgd_params& p) {

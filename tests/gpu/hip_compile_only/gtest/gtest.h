@@ -100,4 +100,5 @@ struct trace {
     return;                                                                                                            \
   else                                                                                                                 \
     ::gtest_compile_only::check()
-#define SCOPED_TRACE(message) [[maybe_unused]] const ::gtest_compile_only::trace GTEST_COMPILE_ONLY_CONCAT(trace_, __LINE__)(message)
+#define SCOPED_TRACE(message)                                                                                          \
+  [[maybe_unused]] const ::gtest_compile_only::trace GTEST_COMPILE_ONLY_CONCAT(trace_, __LINE__)(message)
