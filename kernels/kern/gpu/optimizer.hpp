@@ -273,27 +273,6 @@ using norm_batch = tensor_batch<ops::gradient_span, norm_batch_capacity>;
 static_assert(norm_group == 4, "the block sums add the four lane chains as two pairs");
 static_assert(sizeof(norm_batch) <= 3800, "a launch's kernel arguments stay under the portable 4 KB");
 
-// The block's sum of every thread's value, in a fixed order (warp butterflies, then the warps' sums
-// by one warp); thread 0 has it.
-KERN_DEVICE double block_sum_in_order(double value) {
-  KERN_SHARED(double, per_warp, max_block_warps);
-  for (int offset = warp_size / 2; offset > 0; offset /= 2) {
-    value += shfl_xor(value, offset);
-  }
-  if (lane_id() == 0) {
-    per_warp[static_cast<std::size_t>(warp_id())] = value;
-  }
-  __syncthreads();
-  if (warp_id() == 0) {
-    const int warps = block_thread_count() / warp_size;
-    value = lane_id() < warps ? per_warp[static_cast<std::size_t>(lane_id())] : 0.0;
-    for (int offset = warp_size / 2; offset > 0; offset /= 2) {
-      value += shfl_xor(value, offset);
-    }
-  }
-  return value;
-}
-
 // The square of a float is exact in double (24 + 24 significant bits): each addition rounds once.
 KERN_DEVICE double add_square(double sum, float x) {
   const auto wide = static_cast<double>(x);
@@ -325,7 +304,7 @@ template <int BlockThreads> __global__ void __launch_bounds__(BlockThreads)
                      }
                    }
                  });
-  const double sum = block_sum_in_order((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]));
+  const double sum = block_sum((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]));
   if (threadIdx.x == 0) {
     block_sums[blockIdx.x] = sum;
   }
@@ -339,7 +318,7 @@ template <int BlockThreads> __global__ void __launch_bounds__(BlockThreads)
   for (auto i = static_cast<index_t>(threadIdx.x); i < count; i += BlockThreads) {
     sum += block_sums[i];
   }
-  sum = block_sum_in_order(sum);
+  sum = block_sum(sum);
   if (threadIdx.x == 0) {
     const double result = sqrt(sum);
     *norm = static_cast<float>(result);

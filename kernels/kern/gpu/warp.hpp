@@ -7,6 +7,7 @@
 //   shfl_down(v, delta), shfl_up(v, delta)       (a power of two <= warp_size), as CUDA defines them
 //   ballot(p), any(p), all(p)                    votes
 //   warp_sum(v), warp_max(v)                     butterfly reductions: every lane gets the result
+//                                                (sums of float, double or integers; max of float)
 //   block_sum(v), block_max(v)                   every thread of the block gets the result
 #pragma once
 
@@ -109,7 +110,8 @@ KERN_DEVICE void sync_warp() { __builtin_amdgcn_wave_barrier(); }
 KERN_DEVICE bool any(bool predicate) { return ballot(predicate) != 0; }
 KERN_DEVICE bool all(bool predicate) { return ballot(predicate) == ballot(true); }
 
-KERN_DEVICE float warp_sum(float value) {
+// T: float, double or an integer type.
+template <class T> KERN_DEVICE T warp_sum(T value) {
   for (int offset = warp_size / 2; offset > 0; offset /= 2) {
     value += shfl_xor(value, offset);
   }
@@ -125,8 +127,8 @@ KERN_DEVICE float warp_max(float value) {
 namespace detail {
 // Combines one value per warp through shared memory; every thread gets the result. The trailing
 // barrier lets the caller run another block reduction right away.
-template <class Combine> KERN_DEVICE float block_reduce(float value, float identity, Combine warp_reduce) {
-  KERN_SHARED(float, per_warp, max_block_warps);
+template <class T, class Combine> KERN_DEVICE T block_reduce(T value, T identity, Combine warp_reduce) {
+  KERN_SHARED(T, per_warp, max_block_warps);
   const int warps = (block_thread_count() + warp_size - 1) / warp_size;
   value = warp_reduce(value);
   if (lane_id() == 0) {
@@ -140,9 +142,10 @@ template <class Combine> KERN_DEVICE float block_reduce(float value, float ident
 }
 } // namespace detail
 
-// Sum over the block; the block's thread count must be a multiple of warp_size.
-KERN_DEVICE float block_sum(float value) {
-  return detail::block_reduce(value, 0.0f, [](float v) { return warp_sum(v); });
+// Sum over the block, in a fixed order (the same bits every run); the block's thread count must be a
+// multiple of warp_size. T as for warp_sum.
+template <class T> KERN_DEVICE T block_sum(T value) {
+  return detail::block_reduce(value, T{0}, [](T v) { return warp_sum(v); });
 }
 KERN_DEVICE float block_max(float value) {
   return detail::block_reduce(value, -INFINITY, [](float v) { return warp_max(v); });
