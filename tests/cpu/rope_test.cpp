@@ -19,6 +19,7 @@
 
 #include "kern/cpu.hpp"
 #include "support/kernel_test.hpp"
+#include "support/rope_reference.hpp"
 
 namespace {
 
@@ -27,111 +28,13 @@ using kern::index_t;
 using kern::ops::rope_pairing;
 using namespace kern::test;
 
-constexpr double theta = 10000.0;
-
-struct dims {
-  index_t batch, seq, heads, head_dim;
-  index_t count() const { return batch * seq * heads * head_dim; }
-};
-
-// A [batch, seq, heads, head_dim] tensor with `pad` unused elements after every head, position and
-// batch item (all holding the sentinel).
-template <class T> struct host_tensor {
-  dims d;
-  std::array<index_t, 4> strides{};
-  std::vector<T> storage;
-
-  host_tensor(dims d_, index_t pad) : d(d_) {
-    strides[3] = 1;
-    strides[2] = d.head_dim + pad;
-    strides[1] = d.heads * strides[2] + pad;
-    strides[0] = d.seq * strides[1] + pad;
-    storage.assign(static_cast<std::size_t>(d.batch * strides[0] + pad), T(sentinel));
-  }
-  T& at(index_t b, index_t s, index_t h, index_t i) {
-    return storage[static_cast<std::size_t>(b * strides[0] + s * strides[1] + h * strides[2] + i)];
-  }
-  kern::tensor_view<T, 4> view() { return {storage.data(), {d.batch, d.seq, d.heads, d.head_dim}, strides}; }
-
-  // The elements in [b][s][h][i] order.
-  std::vector<T> values() {
-    std::vector<T> out;
-    for_each([&](index_t b, index_t s, index_t h, index_t i) { out.push_back(at(b, s, h, i)); });
-    return out;
-  }
-  void assign(const std::vector<T>& v) {
-    std::size_t k = 0;
-    for_each([&](index_t b, index_t s, index_t h, index_t i) { at(b, s, h, i) = v[k++]; });
-  }
-  std::size_t sentinels() const {
-    std::size_t n = 0;
-    for (const T& x : storage) {
-      n += static_cast<float>(x) == sentinel ? 1 : 0;
-    }
-    return n;
-  }
-  template <class Fn> void for_each(Fn fn) {
-    for (index_t b = 0; b < d.batch; ++b) {
-      for (index_t s = 0; s < d.seq; ++s) {
-        for (index_t h = 0; h < d.heads; ++h) {
-          for (index_t i = 0; i < d.head_dim; ++i) {
-            fn(b, s, h, i);
-          }
-        }
-      }
-    }
-  }
-};
-
-struct tables {
-  std::vector<float> cos, sin;
-  index_t positions;
-  tables(index_t positions_, index_t rotary)
-      : cos(static_cast<std::size_t>(positions_ * rotary / 2)), sin(cos.size()), positions(positions_) {
-    kern::ops::fill_rope_table(cos.data(), sin.data(), positions, rotary, theta);
-  }
-};
+using dims = rope_dims;
+using tables = rope_tables;
 
 template <class T> kern::ops::rope_params<T> params(host_tensor<T>& x, rope_pairing pairing, index_t rotary,
                                                     index_t offset, const tables& t) {
-  kern::ops::rope_params<T> p;
-  p.x = x.view();
-  p.pairing = pairing;
-  p.rotary_dim = rotary;
-  p.position_offset = offset;
-  p.cos_table = t.cos.data();
-  p.sin_table = t.sin.data();
-  p.table_positions = t.positions;
-  return p;
+  return rope_call(x.view(), pairing, rotary, offset, t.cos.data(), t.sin.data(), t.positions);
 }
-
-// The definition, in double: pair i of a head at position p turns by p * theta^(-2i / rotary)
-// (by minus that when inverse); values past rotary pass through.
-std::vector<double> rope_ref(const std::vector<double>& x, dims d, rope_pairing pairing, index_t rotary, index_t offset,
-                             bool inverse) {
-  std::vector<double> y = x;
-  const index_t half = rotary / 2;
-  for (index_t b = 0; b < d.batch; ++b) {
-    for (index_t s = 0; s < d.seq; ++s) {
-      for (index_t h = 0; h < d.heads; ++h) {
-        const auto head = static_cast<std::size_t>(((b * d.seq + s) * d.heads + h) * d.head_dim);
-        for (index_t i = 0; i < half; ++i) {
-          const double angle = static_cast<double>(offset + s) *
-                               std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(rotary));
-          const double c = std::cos(angle), sn = inverse ? -std::sin(angle) : std::sin(angle);
-          const index_t first = pairing == rope_pairing::adjacent ? 2 * i : i;
-          const index_t second = pairing == rope_pairing::adjacent ? 2 * i + 1 : i + half;
-          const double a = x[head + static_cast<std::size_t>(first)], bb = x[head + static_cast<std::size_t>(second)];
-          y[head + static_cast<std::size_t>(first)] = a * c - bb * sn;
-          y[head + static_cast<std::size_t>(second)] = a * sn + bb * c;
-        }
-      }
-    }
-  }
-  return y;
-}
-
-const char* name(rope_pairing pairing) { return pairing == rope_pairing::adjacent ? "adjacent" : "half"; }
 
 struct rope_case {
   dims d;
@@ -144,9 +47,9 @@ constexpr rope_case cases[] = {
 
 template <class T> void check_reference(const rope_case& c, rope_pairing pairing, index_t offset, int threads) {
   const std::uint32_t seed = fresh_seed();
-  SCOPED_TRACE(testing::Message() << name(pairing) << " " << type_name<T>() << " " << c.d.batch << "x" << c.d.seq << "x"
-                                  << c.d.heads << "x" << c.d.head_dim << " rotary " << c.rotary << " offset " << offset
-                                  << " threads " << threads << " seed " << seed);
+  SCOPED_TRACE(testing::Message() << pairing_name(pairing) << " " << type_name<T>() << " " << c.d.batch << "x"
+                                  << c.d.seq << "x" << c.d.heads << "x" << c.d.head_dim << " rotary " << c.rotary
+                                  << " offset " << offset << " threads " << threads << " seed " << seed);
   std::mt19937 rng(seed);
   const index_t rotary = c.rotary < 0 ? c.d.head_dim : c.rotary;
   const tables t(offset + c.d.seq + 3, rotary);
@@ -184,7 +87,7 @@ TEST(CpuRope, MatchesDefinition) {
 TEST(CpuRope, BackwardMatchesFiniteDifferences) {
   for (rope_pairing pairing : {rope_pairing::adjacent, rope_pairing::half}) {
     const std::uint32_t seed = fresh_seed();
-    SCOPED_TRACE(testing::Message() << name(pairing) << " seed " << seed);
+    SCOPED_TRACE(testing::Message() << pairing_name(pairing) << " seed " << seed);
     std::mt19937 rng(seed);
     const dims d{2, 3, 2, 12};
     const index_t rotary = 8, offset = 2;
@@ -217,7 +120,7 @@ TEST(CpuRope, BackwardMatchesFiniteDifferences) {
 
 template <class T> void check_round_trip(rope_pairing pairing) {
   const std::uint32_t seed = fresh_seed();
-  SCOPED_TRACE(testing::Message() << name(pairing) << " " << type_name<T>() << " seed " << seed);
+  SCOPED_TRACE(testing::Message() << pairing_name(pairing) << " " << type_name<T>() << " seed " << seed);
   std::mt19937 rng(seed);
   const dims d{2, 40, 3, 80};
   const tables t(d.seq + 100, d.head_dim);
@@ -267,7 +170,7 @@ TEST(CpuRope, HalfEqualsAdjacentOnPermutedDims) {
 TEST(CpuRope, PositionOffsetMatchesLongerSequence) {
   for (rope_pairing pairing : {rope_pairing::adjacent, rope_pairing::half}) {
     const std::uint32_t seed = fresh_seed();
-    SCOPED_TRACE(testing::Message() << name(pairing) << " seed " << seed);
+    SCOPED_TRACE(testing::Message() << pairing_name(pairing) << " seed " << seed);
     std::mt19937 rng(seed);
     const index_t offset = 13, n = 5;
     const dims whole{2, offset + n, 4, 64}, tail{2, n, 4, 64};
@@ -305,7 +208,7 @@ TEST(CpuRope, DeterministicAcrossThreadCounts) {
 
 TEST(CpuRope, NanStaysInItsPair) {
   for (rope_pairing pairing : {rope_pairing::adjacent, rope_pairing::half}) {
-    SCOPED_TRACE(name(pairing));
+    SCOPED_TRACE(pairing_name(pairing));
     const dims d{1, 2, 1, 32};
     const tables t(d.seq, d.head_dim);
     host_tensor<float> x(d, 0);

@@ -8,7 +8,8 @@
 // gradients are fp32 (master weights); out and dout are f32 or bf16. The gradients are accumulated,
 // so that a tied output projection (GPT-2) or several micro-batches add into the same buffers.
 //
-// Every token id is checked to lie in [0, vocab) before anything is written.
+// Every token id is checked to lie in [0, vocab) before anything is written (validate reads the ids;
+// validate_except_token_ids leaves them to backends whose ids live in device memory).
 #pragma once
 
 #include <cstdint>
@@ -47,9 +48,9 @@ template <element_type T> struct embedding_backward_params {
 
 namespace detail {
 
-// Sizes, the token ids (in [0, vocab)), and the optional position table shared by both passes.
+// Sizes and the optional position table shared by both passes (not the ids' values).
 template <class Rows, class Positions>
-void validate_embedding(std::string_view op, const std::int32_t* tokens, index_t batch, index_t seq, index_t vocab,
+void validate_embedding(std::string_view op, const std::int32_t* tokens, index_t batch, index_t seq,
                         std::string_view rows_name, Rows rows, std::string_view positions_name, Positions positions,
                         index_t position_offset, index_t dim) {
   require_non_negative(op, "batch", batch);
@@ -65,33 +66,45 @@ void validate_embedding(std::string_view op, const std::int32_t* tokens, index_t
     require(position_offset + seq <= positions.rows, op, "position_offset + seq = ", position_offset, " + ", seq,
             " exceeds the ", positions.rows, " rows of ", positions_name);
   }
-  for (index_t r = 0; r < n; ++r) {
-    require(tokens[r] >= 0 && tokens[r] < vocab, op, "tokens[", r, "] = ", tokens[r], " (batch ", r / seq,
-            ", position ", r % seq, ") is outside the vocabulary [0, ", vocab, ")");
-  }
   if (!rows.empty()) {
     require_disjoint(op, rows_name, rows.data, rows.end(), "tokens", tokens, tokens + n);
   }
 }
 
+// Every token id in [0, vocab): reads the ids, so host memory only.
+inline void require_token_ids(std::string_view op, const std::int32_t* tokens, index_t batch, index_t seq,
+                              index_t vocab) {
+  for (index_t r = 0; r < batch * seq; ++r) {
+    require(tokens[r] >= 0 && tokens[r] < vocab, op, "tokens[", r, "] = ", tokens[r], " (batch ", r / seq,
+            ", position ", r % seq, ") is outside the vocabulary [0, ", vocab, ")");
+  }
+}
+
 } // namespace detail
 
-template <element_type T> void validate(std::string_view op, const embedding_forward_params<T>& p) {
+// Every check but the token ids' range, which needs the ids in host memory: a GPU backend, whose
+// ids are in device memory, runs these and deals with bad ids on the device.
+template <element_type T> void validate_except_token_ids(std::string_view op, const embedding_forward_params<T>& p) {
   detail::require_matrix(op, "token_table", p.token_table);
   detail::require_matrix(op, "out", p.out);
-  detail::validate_embedding(op, p.tokens, p.batch, p.seq, p.token_table.rows, "out", p.out, "position_table",
-                             p.position_table, p.position_offset, p.token_table.cols);
+  detail::validate_embedding(op, p.tokens, p.batch, p.seq, "out", p.out, "position_table", p.position_table,
+                             p.position_offset, p.token_table.cols);
   detail::require_disjoint_views(op, "out", p.out, "token_table", p.token_table);
   if (p.position_table.data != nullptr) {
     detail::require_disjoint_views(op, "out", p.out, "position_table", p.position_table);
   }
 }
 
-template <element_type T> void validate(std::string_view op, const embedding_backward_params<T>& p) {
+template <element_type T> void validate(std::string_view op, const embedding_forward_params<T>& p) {
+  validate_except_token_ids(op, p);
+  detail::require_token_ids(op, p.tokens, p.batch, p.seq, p.token_table.rows);
+}
+
+template <element_type T> void validate_except_token_ids(std::string_view op, const embedding_backward_params<T>& p) {
   detail::require_matrix(op, "token_grad", p.token_grad);
   detail::require_matrix(op, "dout", p.dout);
-  detail::validate_embedding(op, p.tokens, p.batch, p.seq, p.token_grad.rows, "dout", p.dout, "position_grad",
-                             p.position_grad, p.position_offset, p.token_grad.cols);
+  detail::validate_embedding(op, p.tokens, p.batch, p.seq, "dout", p.dout, "position_grad", p.position_grad,
+                             p.position_offset, p.token_grad.cols);
   detail::require_disjoint_views(op, "token_grad", p.token_grad, "dout", p.dout);
   if (!p.token_grad.empty()) {
     require_disjoint(op, "token_grad", p.token_grad.data, p.token_grad.end(), "tokens", p.tokens, p.tokens + p.rows());
@@ -104,6 +117,11 @@ template <element_type T> void validate(std::string_view op, const embedding_bac
                        p.tokens + p.rows());
     }
   }
+}
+
+template <element_type T> void validate(std::string_view op, const embedding_backward_params<T>& p) {
+  validate_except_token_ids(op, p);
+  detail::require_token_ids(op, p.tokens, p.batch, p.seq, p.token_grad.rows);
 }
 
 } // namespace kern::ops
