@@ -178,28 +178,6 @@ __global__ void elementwise_kernel(elementwise_operands<T, Inputs, Outputs> m, O
   }
 }
 
-struct launch_shape {
-  dim3 grid;
-  dim3 block;
-};
-
-inline constexpr int rows_block_threads = 256;
-inline constexpr index_t max_grid_y = 65535;
-
-// Blocks of 256 threads over rows x groups (groups: a row's column groups): x across the groups (a
-// power of two, at least a warp), y across the rows, so that short rows still fill a block.
-inline launch_shape row_tiles(index_t rows, index_t groups) {
-  int block_x = warp_size;
-  while (block_x < rows_block_threads && block_x < groups) {
-    block_x *= 2;
-  }
-  const int block_y = rows_block_threads / block_x;
-  const index_t grid_x = (groups + block_x - 1) / block_x;
-  const index_t grid_y = (rows + block_y - 1) / block_y;
-  return {dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y < max_grid_y ? grid_y : max_grid_y)),
-          dim3(static_cast<unsigned>(block_x), static_cast<unsigned>(block_y))};
-}
-
 // Whether every operand can be read and written as 16-byte groups.
 template <class T, int Inputs, int Outputs> bool vectorizable(const elementwise_operands<T, Inputs, Outputs>& m) {
   constexpr int width = vector16<T>::size;
@@ -221,10 +199,10 @@ void run_elementwise(const elementwise_operands<T, Inputs, Outputs>& m, const Op
   }
   constexpr int width = vector16<T>::size;
   if (vectorizable(m)) {
-    const launch_shape shape = row_tiles(m.rows, (m.cols + width - 1) / width);
+    const launch_shape shape = rows_by_column_groups(m.rows, (m.cols + width - 1) / width);
     launch(elementwise_kernel<width, T, Inputs, Outputs, Op>, shape.grid, shape.block, 0, stream, m, op);
   } else {
-    const launch_shape shape = row_tiles(m.rows, m.cols);
+    const launch_shape shape = rows_by_column_groups(m.rows, m.cols);
     launch(elementwise_kernel<1, T, Inputs, Outputs, Op>, shape.grid, shape.block, 0, stream, m, op);
   }
 }

@@ -91,26 +91,6 @@ template <int Width, class T> KERN_DEVICE void add_group(const T* p, index_t val
   }
 }
 
-// Blocks of 256 threads over rows x column groups: x across the groups (a power of two, at least
-// a warp), y across the rows, which are grid-strided beyond 65535 blocks.
-struct rows_launch {
-  dim3 grid;
-  dim3 block;
-};
-inline rows_launch rows_by_groups(index_t rows, index_t groups) {
-  constexpr int threads = 256;
-  constexpr index_t max_grid_y = 65535;
-  int block_x = warp_size;
-  while (block_x < threads && block_x < groups) {
-    block_x *= 2;
-  }
-  const int block_y = threads / block_x;
-  const index_t grid_y = (rows + block_y - 1) / block_y;
-  return {dim3(static_cast<unsigned>((groups + block_x - 1) / block_x),
-               static_cast<unsigned>(grid_y < max_grid_y ? grid_y : max_grid_y)),
-          dim3(static_cast<unsigned>(block_x), static_cast<unsigned>(block_y))};
-}
-
 // Thread (x, y): column group x of rows y, y + grid rows, ...; calls body(row, column, valid).
 template <int Width, class Body> KERN_DEVICE void for_each_row_group(index_t rows, index_t cols, Body&& body) {
   const index_t column = (static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x) * Width;
@@ -450,7 +430,7 @@ void embedding_forward(const ops::embedding_forward_params<T>& p, std::uint32_t*
                                                 invalid_tokens};
   detail::with_group_width<T>(vectors, [&](auto group) {
     constexpr int w = decltype(group)::value;
-    const detail::rows_launch shape = detail::rows_by_groups(rows, (dim + w - 1) / w);
+    const launch_shape shape = rows_by_column_groups(rows, (dim + w - 1) / w);
     launch(detail::embedding_forward_kernel<w, T>, shape.grid, shape.block, 0, stream, f);
   });
 }
@@ -529,7 +509,7 @@ template <element_type T> void embedding_backward(const ops::embedding_backward_
         p.position_grad.ld};
     detail::with_group_width<T>(position_vectors, [&](auto group) {
       constexpr int w = decltype(group)::value;
-      const detail::rows_launch shape = detail::rows_by_groups(p.seq, (dim + w - 1) / w);
+      const launch_shape shape = rows_by_column_groups(p.seq, (dim + w - 1) / w);
       launch(detail::position_gradient_kernel<w, T>, shape.grid, shape.block, 0, stream, pg);
     });
   }

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "kern/core/error.hpp"
+#include "kern/core/view.hpp"
 #include "kern/gpu/platform.hpp"
 
 namespace kern::gpu {
@@ -167,6 +168,31 @@ public:
 private:
   api::event_handle handle_{};
 };
+
+// A launch's grid and block.
+struct launch_shape {
+  dim3 grid;
+  dim3 block;
+};
+
+// The most blocks a grid may have along y (and z).
+inline constexpr index_t max_grid_y = 65535;
+
+// Blocks of `threads` threads (a power of two, at least a warp) over rows x groups, where groups are
+// a row's column groups: x across the groups (a power of two from a warp up to `threads`), y across
+// the rows, so that short rows still fill a block. Rows beyond max_grid_y blocks are the kernel's to
+// grid-stride over.
+inline launch_shape rows_by_column_groups(index_t rows, index_t groups, int threads = 256) {
+  int block_x = warp_size;
+  while (block_x < threads && block_x < groups) {
+    block_x *= 2;
+  }
+  const int block_y = threads / block_x;
+  const index_t grid_x = (groups + block_x - 1) / block_x;
+  const index_t grid_y = (rows + block_y - 1) / block_y;
+  return {dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y < max_grid_y ? grid_y : max_grid_y)),
+          dim3(static_cast<unsigned>(block_x), static_cast<unsigned>(block_y))};
+}
 
 // Launches kernel<<<grid, block, shared_bytes, stream>>>(args...) and checks the launch. An empty
 // grid launches nothing (callers skip empty work before they get here).
