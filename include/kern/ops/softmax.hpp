@@ -85,8 +85,9 @@ template <element_type T> void validate(std::string_view op, const softmax_backw
   detail::require_disjoint_views(op, "dx", p.dx, "y", p.y);
 }
 
-// Checks every target before the kernel touches the logits, so that nothing is lost on failure.
-template <element_type T> void validate(std::string_view op, const cross_entropy_params<T>& p) {
+// Every check but that of the target values: all a caller whose targets live in device memory can
+// make on the host (the GPU kernels report bad targets in their result instead).
+template <element_type T> void validate_except_target_values(std::string_view op, const cross_entropy_params<T>& p) {
   detail::require_matrix(op, "logits", p.logits);
   const index_t rows = p.logits.rows, vocab = p.classes();
   require(p.vocab >= -1, op, "vocab = ", p.vocab, " must be -1 (logits.cols) or a class count");
@@ -102,11 +103,22 @@ template <element_type T> void validate(std::string_view op, const cross_entropy
       require_disjoint(op, "losses", p.losses, p.losses + rows, "targets", p.targets, p.targets + rows);
     }
   }
+}
+
+// The target values (read on the host): each in [0, vocab) or ignore_index.
+template <element_type T> void validate_target_values(std::string_view op, const cross_entropy_params<T>& p) {
+  const index_t rows = p.logits.rows, vocab = p.classes();
   for (index_t i = 0; i < rows; ++i) {
     const std::int32_t target = p.targets[i];
     require(target == p.ignore_index || (target >= 0 && target < vocab), op, "targets[", i, "] = ", target,
             " is outside [0, vocab = ", vocab, ") and is not ignore_index = ", p.ignore_index);
   }
+}
+
+// Checks every target before the kernel touches the logits, so that nothing is lost on failure.
+template <element_type T> void validate(std::string_view op, const cross_entropy_params<T>& p) {
+  validate_except_target_values(op, p);
+  validate_target_values(op, p);
 }
 
 // The rows whose target is not ignore_index: the denominator of the mean reduction.

@@ -190,7 +190,9 @@ private:
   static constexpr std::byte guard_pattern{0xa5};
   static constexpr std::byte fresh_pattern{0xff}; // fresh shared memory reads as NaN / all ones
 #if defined(KERN_GPU_EMULATOR_ASAN)
-  static constexpr std::size_t stack_bytes = 1 << 20;
+  // AddressSanitizer clears the shadow of a fiber's whole stack at every switch into it; above 512
+  // KiB of stack (64 KiB of shadow) it does so with mmap, a system call per switch.
+  static constexpr std::size_t stack_bytes = 256 << 10;
 #else
   static constexpr std::size_t stack_bytes = 128 << 10;
 #endif
