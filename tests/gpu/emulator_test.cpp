@@ -13,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include "kern/gpu.hpp" // the front door compiles on its own, in every mode
 #include "kern/gpu/runtime.hpp"
 #include "kern/gpu/shared.hpp"
 #include "kern/gpu/warp.hpp"
@@ -373,6 +374,27 @@ TEST(Emulator, ReportsSharedMemoryOutsideItsAllocation) {
   gpu::device_buffer<float> fresh(1);
   gpu::launch(read_fresh_shared, dim3(1), dim3(32), 0, nullptr, fresh.data());
   EXPECT_TRUE(std::isnan(kern::test::to_host(fresh)[0]));
+}
+
+// Reads a neighbour's shared-memory write with no barrier in between: a race.
+__global__ void missing_barrier(int* out) {
+  KERN_SHARED(int, values, 64);
+  const unsigned t = threadIdx.x, n = blockDim.x;
+  values[t] = static_cast<int>(t);
+  out[blockIdx.x * n + t] = values[(t + 1) % n];
+}
+
+// The emulator runs even blocks' threads in increasing order and odd blocks' in decreasing order,
+// so the race shows in both: some thread of each block reads fresh memory (all-ones bytes, -1).
+TEST(Emulator, MissingBarrierShowsInEitherThreadOrder) {
+  const unsigned n = 64;
+  gpu::device_buffer<int> out(2 * n);
+  gpu::launch(missing_barrier, dim3(2), dim3(n), 0, nullptr, out.data());
+  const auto host = kern::test::to_host(out);
+  for (unsigned b = 0; b < 2; ++b) {
+    const auto first = host.begin() + static_cast<std::ptrdiff_t>(b * n);
+    EXPECT_NE(std::find(first, first + n, -1), first + n) << "block " << b << " never read an unwritten value";
+  }
 }
 
 __global__ void do_nothing() {}

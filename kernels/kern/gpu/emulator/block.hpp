@@ -258,10 +258,19 @@ private:
 
   // Runs the runnable threads in order until none is; then either every thread has finished, or
   // all wait at one barrier (released), or the block cannot go on (an error).
+  //
+  // Blocks of even linear index resume their threads in increasing order, odd ones in decreasing
+  // order: a kernel that reads another thread's write with no barrier in between sees the write in
+  // one order and misses it in the other, so a missing barrier fails in one block or the next.
   void schedule() {
+    const std::uint64_t linear_block =
+        block_index_.x +
+        std::uint64_t{config_.grid.x} * (block_index_.y + std::uint64_t{config_.grid.y} * block_index_.z);
+    const bool descending = linear_block % 2 == 1;
     for (;;) {
       bool ran = false;
-      for (int i = 0; i < thread_count_; ++i) {
+      for (int k = 0; k < thread_count_; ++k) {
+        const int i = descending ? thread_count_ - 1 - k : k;
         if (threads_[static_cast<std::size_t>(i)].state == thread_state::runnable) {
           running_ = i;
           threads_[static_cast<std::size_t>(i)].context.resume_from(scheduler_);
