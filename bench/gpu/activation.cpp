@@ -15,12 +15,6 @@ using kern::bf16;
 using kern::index_t;
 using kern::ops::activation;
 
-#if defined(KERN_GPU_HIP)
-constexpr const char* impl = "kern_hip";
-#else
-constexpr const char* impl = "kern_cuda";
-#endif
-
 template <class T> kern::gpu::device_buffer<T> matrix(index_t rows, index_t cols) {
   return kern::bench::device_filled<T>(static_cast<std::size_t>(rows * cols), -3.0f, 3.0f);
 }
@@ -85,8 +79,7 @@ template <class T> void bias_grad(benchmark::State& state, index_t rows, index_t
 }
 
 template <class Run> void add(const std::string& family, const std::string& dtype, const std::string& shape, Run run) {
-  const std::string name = family + "/" + impl + "/" + dtype + "/" + shape;
-  benchmark::RegisterBenchmark(name.c_str(), run)->UseManualTime()->Unit(benchmark::kMicrosecond);
+  kern::bench::add_gpu_benchmark(family, dtype, shape, run);
 }
 
 std::string shape_name(index_t rows, index_t cols) { return std::to_string(rows) + "x" + std::to_string(cols); }

@@ -20,12 +20,6 @@ namespace {
 using kern::bf16;
 using kern::index_t;
 
-#if defined(KERN_GPU_HIP)
-constexpr const char* impl = "kern_hip";
-#else
-constexpr const char* impl = "kern_cuda";
-#endif
-
 constexpr index_t batch = 8, seq = 1024, dim = 768, vocab = 50304, rows = batch * seq;
 
 std::vector<std::int32_t> zipf_tokens() {
@@ -90,8 +84,7 @@ template <class T> void backward(benchmark::State& state) {
 template <class Run> void add(const std::string& family, const std::string& dtype, Run run) {
   const std::string shape = std::to_string(batch) + "x" + std::to_string(seq) + "_dim" + std::to_string(dim) +
                             "_vocab" + std::to_string(vocab);
-  const std::string name = family + "/" + impl + "/" + dtype + "/" + shape;
-  benchmark::RegisterBenchmark(name.c_str(), run)->UseManualTime()->Unit(benchmark::kMicrosecond);
+  kern::bench::add_gpu_benchmark(family, dtype, shape, run);
 }
 
 [[maybe_unused]] const bool registered = [] {

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include <benchmark/benchmark.h>
@@ -20,6 +21,21 @@
 #include "kern/gpu/runtime.hpp"
 
 namespace kern::bench {
+
+// The <impl> part of a benchmark's name: which backend ran it.
+#if defined(KERN_GPU_HIP)
+inline constexpr const char* gpu_impl = "kern_hip";
+#else
+inline constexpr const char* gpu_impl = "kern_cuda";
+#endif
+
+// Registers run (a callable taking benchmark::State&) as <family>/<impl>/<dtype>/<shape>, timed on
+// the GPU by time_on_gpu, reported in microseconds.
+template <class Run>
+void add_gpu_benchmark(const std::string& family, const std::string& dtype, const std::string& shape, Run run) {
+  const std::string name = family + "/" + gpu_impl + "/" + dtype + "/" + shape;
+  benchmark::RegisterBenchmark(name.c_str(), run)->UseManualTime()->Unit(benchmark::kMicrosecond);
+}
 
 // A device buffer of n values of T holding a fixed pattern in [lo, hi) (copied from the host once).
 template <class T> gpu::device_buffer<T> device_filled(std::size_t n, float lo = -1.0f, float hi = 1.0f) {

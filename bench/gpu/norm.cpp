@@ -14,12 +14,6 @@ using kern::bf16;
 using kern::index_t;
 using kern::ops::norm_kind;
 
-#if defined(KERN_GPU_HIP)
-constexpr const char* impl = "kern_hip";
-#else
-constexpr const char* impl = "kern_cuda";
-#endif
-
 enum class pass { forward, fused_forward, backward };
 
 // Everything one forward or backward call touches.
@@ -92,8 +86,7 @@ template <class T> void norm(benchmark::State& state, norm_kind kind, pass which
 }
 
 template <class Run> void add(const std::string& family, const std::string& dtype, const std::string& shape, Run run) {
-  const std::string name = family + "/" + impl + "/" + dtype + "/" + shape;
-  benchmark::RegisterBenchmark(name.c_str(), run)->UseManualTime()->Unit(benchmark::kMicrosecond);
+  kern::bench::add_gpu_benchmark(family, dtype, shape, run);
 }
 
 template <class T> void register_type(const std::string& dtype) {

@@ -16,12 +16,6 @@ namespace {
 using kern::bf16;
 using kern::index_t;
 
-#if defined(KERN_GPU_HIP)
-constexpr const char* impl = "kern_hip";
-#else
-constexpr const char* impl = "kern_cuda";
-#endif
-
 constexpr index_t gpt2_parameters = 124'439'808;
 
 // GPT-2 124M's parameter tensors in llm.c's order.
@@ -105,8 +99,7 @@ void grad_norm(benchmark::State& state) {
 }
 
 template <class Run> void add(const std::string& family, const std::string& dtype, const std::string& shape, Run run) {
-  const std::string name = family + "/" + impl + "/" + dtype + "/" + shape;
-  benchmark::RegisterBenchmark(name.c_str(), run)->UseManualTime()->Unit(benchmark::kMicrosecond);
+  kern::bench::add_gpu_benchmark(family, dtype, shape, run);
 }
 
 [[maybe_unused]] const bool registered = [] {

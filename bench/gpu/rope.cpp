@@ -15,12 +15,6 @@ using kern::bf16;
 using kern::index_t;
 using kern::ops::rope_pairing;
 
-#if defined(KERN_GPU_HIP)
-constexpr const char* impl = "kern_hip";
-#else
-constexpr const char* impl = "kern_cuda";
-#endif
-
 struct rope_shape {
   index_t batch, seq, heads, head_dim, rotary;
   std::string name() const {
@@ -57,8 +51,7 @@ template <class T> void rope(benchmark::State& state, rope_shape shape, rope_pai
 }
 
 template <class Run> void add(const std::string& family, const std::string& dtype, const std::string& shape, Run run) {
-  const std::string name = family + "/" + impl + "/" + dtype + "/" + shape;
-  benchmark::RegisterBenchmark(name.c_str(), run)->UseManualTime()->Unit(benchmark::kMicrosecond);
+  kern::bench::add_gpu_benchmark(family, dtype, shape, run);
 }
 
 template <class T> void register_type(const std::string& dtype) {

@@ -17,12 +17,6 @@ namespace {
 using kern::bf16;
 using kern::index_t;
 
-#if defined(KERN_GPU_HIP)
-constexpr const char* impl = "kern_hip";
-#else
-constexpr const char* impl = "kern_cuda";
-#endif
-
 template <class T> kern::gpu::device_buffer<T> matrix(index_t rows, index_t cols) {
   return kern::bench::device_filled<T>(static_cast<std::size_t>(rows * cols), -4.0f, 4.0f);
 }
@@ -74,8 +68,7 @@ template <class T> void cross_entropy(benchmark::State& state, index_t rows, ind
 }
 
 template <class Run> void add(const std::string& family, const std::string& dtype, const std::string& shape, Run run) {
-  const std::string name = family + "/" + impl + "/" + dtype + "/" + shape;
-  benchmark::RegisterBenchmark(name.c_str(), run)->UseManualTime()->Unit(benchmark::kMicrosecond);
+  kern::bench::add_gpu_benchmark(family, dtype, shape, run);
 }
 
 std::string shape_name(index_t rows, index_t cols) { return std::to_string(rows) + "x" + std::to_string(cols); }

@@ -131,21 +131,14 @@ TEST(CpuSoftmax, BackwardMatchesFiniteDifferences) {
                                          {y.data(), rows, cols}, {w.data(), rows, cols}, {dx.data(), rows, cols}});
     std::vector<double> x64 = widen(x);
     const std::vector<double> w64 = widen(w);
-    std::vector<double> numeric;
-    for (double& v : x64) {
-      const double saved = v, step = 1e-6;
-      double up = 0.0, down = 0.0;
-      v = saved + step;
-      const std::vector<double> y_up = softmax_reference(x64, rows, cols, 1.0);
-      v = saved - step;
-      const std::vector<double> y_down = softmax_reference(x64, rows, cols, 1.0);
-      v = saved;
+    const std::vector<double> numeric = numeric_gradient(x64, [&] {
+      const std::vector<double> y64 = softmax_reference(x64, rows, cols, 1.0);
+      double loss = 0.0;
       for (std::size_t k = 0; k < w64.size(); ++k) {
-        up += w64[k] * y_up[k];
-        down += w64[k] * y_down[k];
+        loss += w64[k] * y64[k];
       }
-      numeric.push_back((up - down) / (2 * step));
-    }
+      return loss;
+    });
     // dx = y (dy - dot) cancels: the error is measured against y (|dy| + |dot|).
     std::vector<double> scale;
     for (index_t i = 0; i < rows; ++i) {
@@ -298,18 +291,9 @@ TEST(CpuCrossEntropy, GradientMatchesFiniteDifferences) {
     p.targets = targets.data();
     p.vocab = vocab;
     kern::cpu::cross_entropy(kern::cpu::context(1), p);
-    std::vector<double> numeric;
-    for (double& v : logits64) {
-      const double saved = v, step = 1e-6;
-      v = saved + step;
-      const double up =
-          cross_entropy_reference(logits64, rows, cols, vocab, targets, -100, loss_reduction::mean, 1.0).loss;
-      v = saved - step;
-      const double down =
-          cross_entropy_reference(logits64, rows, cols, vocab, targets, -100, loss_reduction::mean, 1.0).loss;
-      v = saved;
-      numeric.push_back((up - down) / (2 * step));
-    }
+    const std::vector<double> numeric = numeric_gradient(logits64, [&] {
+      return cross_entropy_reference(logits64, rows, cols, vocab, targets, -100, loss_reduction::mean, 1.0).loss;
+    });
     EXPECT_LE(relative_error(logits, numeric), 1e-5);
   }
 }

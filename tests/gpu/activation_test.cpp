@@ -27,31 +27,6 @@ using kern::matrix_view;
 using kern::ops::activation;
 using namespace kern::test;
 
-// A host matrix's whole buffer (padding included) on the device, `shift` elements past the start
-// of its allocation: shift 1 puts every row off a 16-byte boundary.
-template <class T> class device_copy {
-public:
-  device_copy(const host_matrix<T>& m, index_t shift)
-      : host_(m), shift_(shift), buffer_(m.data.size() + static_cast<std::size_t>(shift)) {
-    kern::gpu::copy(buffer_.data() + shift_, m.data.data(), m.data.size(), nullptr);
-    kern::gpu::synchronize(nullptr);
-  }
-  T* data() const { return buffer_.data() + shift_; }
-  matrix_view<T> view() const { return {data(), host_.rows, host_.cols, host_.ld}; }
-  matrix_view<const T> cview() const { return view(); }
-  // The device buffer now, as a host matrix of the same shape.
-  host_matrix<T> read() const {
-    host_matrix<T> out = host_;
-    out.data = to_host(data(), host_.data.size());
-    return out;
-  }
-
-private:
-  host_matrix<T> host_;
-  index_t shift_;
-  kern::gpu::device_buffer<T> buffer_;
-};
-
 enum class layout : std::uint8_t { dense, padded, misaligned };
 constexpr layout layouts[] = {layout::dense, layout::padded, layout::misaligned};
 
@@ -97,18 +72,18 @@ template <class T> void check_activation(activation kind, shape s, layout l, boo
     dx_ref[k] = activation_derivative_ref(kind, xs[k]) * dys[k];
     dx_scale[k] = activation_derivative_scale(kind, xs[k]) * std::abs(dys[k]);
   }
-  const device_copy<T> d_x(x, shift), d_dy(dy, shift);
+  const device_matrix<T> d_x(x, shift), d_dy(dy, shift);
   using forward = kern::ops::activation_forward_params<T>;
   using backward = kern::ops::activation_backward_params<T>;
   if (in_place) {
-    const device_copy<T> y(x, shift);
+    const device_matrix<T> y(x, shift);
     kern::gpu::activation_forward(forward{kind, y.cview(), y.view()}, nullptr);
     EXPECT_LT(scaled_error(y.read().values(), y_ref, storage_scale<T>(y_ref)), output_tolerance<T>());
     kern::gpu::activation_backward(backward{kind, d_x.cview(), d_dy.cview(), d_dy.view()}, nullptr);
     EXPECT_LT(scaled_error(d_dy.read().values(), dx_ref, storage_scale<T>(dx_scale)), output_tolerance<T>());
   } else {
-    const device_copy<T> y(poisoned_matrix<T>(s.rows, s.cols, ld), shift);
-    const device_copy<T> dx(poisoned_matrix<T>(s.rows, s.cols, ld), shift);
+    const device_matrix<T> y(poisoned_matrix<T>(s.rows, s.cols, ld), shift);
+    const device_matrix<T> dx(poisoned_matrix<T>(s.rows, s.cols, ld), shift);
     kern::gpu::activation_forward(forward{kind, d_x.cview(), y.view()}, nullptr);
     kern::gpu::activation_backward(backward{kind, d_x.cview(), d_dy.cview(), dx.view()}, nullptr);
     const host_matrix<T> y_out = y.read(), dx_out = dx.read();
@@ -177,7 +152,7 @@ TEST(GpuActivation, BackwardMatchesFiniteDifferences) {
     for (std::size_t k = 0; k < xs.size(); ++k) {
       numeric[k] = central_difference(loss, xs, k);
     }
-    const device_copy<float> d_x(x, 0), d_w(w, 0), dx(poisoned_matrix<float>(rows, cols, cols), 0);
+    const device_matrix<float> d_x(x, 0), d_w(w, 0), dx(poisoned_matrix<float>(rows, cols, cols), 0);
     kern::gpu::activation_backward(
         kern::ops::activation_backward_params<float>{kind, d_x.cview(), d_w.cview(), dx.view()}, nullptr);
     EXPECT_LT(relative_error(dx.read().values(), numeric), 1e-6);
@@ -236,18 +211,18 @@ template <class T> void check_swiglu(shape s, layout l) {
       dup_ref.push_back(d * silu_ref(g));
     }
   }
-  const device_copy<T> d_fused(fused, shift), d_dy(dy, shift);
+  const device_matrix<T> d_fused(fused, shift), d_dy(dy, shift);
   const matrix_view<const T> gate{d_fused.data(), s.rows, h, fused.ld};
   const matrix_view<const T> up{d_fused.data() + h, s.rows, h, fused.ld};
 
-  const device_copy<T> y(poisoned_matrix<T>(s.rows, h, ld_of(l, h)), shift);
+  const device_matrix<T> y(poisoned_matrix<T>(s.rows, h, ld_of(l, h)), shift);
   kern::gpu::swiglu_forward(kern::ops::swiglu_forward_params<T>{gate, up, y.view()}, nullptr);
   const host_matrix<T> y_out = y.read();
   EXPECT_LT(scaled_error(y_out.values(), y_ref, storage_scale<T>(y_ref)), output_tolerance<T>());
   EXPECT_TRUE(y_out.padding_is(sentinel));
 
   // The gradients land in the halves of one N x 2H matrix too.
-  const device_copy<T> dfused(poisoned_matrix<T>(s.rows, 2 * h, fused.ld), shift);
+  const device_matrix<T> dfused(poisoned_matrix<T>(s.rows, 2 * h, fused.ld), shift);
   const matrix_view<T> dgate{dfused.data(), s.rows, h, fused.ld};
   const matrix_view<T> dup{dfused.data() + h, s.rows, h, fused.ld};
   kern::gpu::swiglu_backward(kern::ops::swiglu_backward_params<T>{gate, up, d_dy.cview(), dgate, dup}, nullptr);
@@ -312,7 +287,7 @@ template <class T> void check_bias(shape s, layout l) {
   for (std::size_t k = 0; k < add_ref.size(); ++k) {
     add_ref[k] += bias[k % static_cast<std::size_t>(s.cols)];
   }
-  const device_copy<T> d_x(x, shift);
+  const device_matrix<T> d_x(x, shift);
   const auto d_bias = to_device(bias);
   kern::gpu::bias_add(kern::ops::bias_add_params<T>{d_x.view(), d_bias.data()}, nullptr);
   const host_matrix<T> x_out = d_x.read();
@@ -333,7 +308,7 @@ template <class T> void check_bias(shape s, layout l) {
       term_size[static_cast<std::size_t>(j)] += std::abs(static_cast<float>(dy.at(i, j)));
     }
   }
-  const device_copy<T> d_dy(dy, shift);
+  const device_matrix<T> d_dy(dy, shift);
   const auto d_dbias = to_device(dbias);
   const workspace scratch(
       kern::gpu::bias_grad_workspace_bytes(kern::ops::bias_grad_params<T>{d_dy.cview(), d_dbias.data()}));
@@ -380,7 +355,7 @@ TEST(GpuBias, GradMatchesFiniteDifferences) {
   for (std::size_t j = 0; j < numeric.size(); ++j) {
     numeric[j] = central_difference(loss, bias, j);
   }
-  const device_copy<float> d_w(w, 0);
+  const device_matrix<float> d_w(w, 0);
   const auto dbias = to_device(std::vector<float>(static_cast<std::size_t>(cols), 0.0f));
   const workspace scratch(
       kern::gpu::bias_grad_workspace_bytes(kern::ops::bias_grad_params<float>{d_w.cview(), dbias.data()}));
@@ -406,11 +381,11 @@ TEST(GpuActivation, Deterministic) {
   std::vector<std::vector<float>> dbias;
   std::vector<std::vector<bf16>> y;
   for (index_t shift : {0, 0, 1}) {
-    const device_copy<float> d_dy(dy, shift);
+    const device_matrix<float> d_dy(dy, shift);
     const auto d_dbias = to_device(std::vector<float>(static_cast<std::size_t>(cols), 0.5f));
     kern::gpu::bias_grad(kern::ops::bias_grad_params<float>{d_dy.cview(), d_dbias.data()}, scratch.get(), nullptr);
     dbias.push_back(to_host(d_dbias));
-    const device_copy<bf16> d_x(x, shift), out(poisoned_matrix<bf16>(activation_rows, cols, cols), shift);
+    const device_matrix<bf16> d_x(x, shift), out(poisoned_matrix<bf16>(activation_rows, cols, cols), shift);
     kern::gpu::activation_forward(
         kern::ops::activation_forward_params<bf16>{activation::gelu_tanh, d_x.cview(), out.view()}, nullptr);
     y.push_back(out.read().values());

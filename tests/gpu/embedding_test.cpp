@@ -31,29 +31,6 @@ using kern::index_t;
 using kern::matrix_view;
 using namespace kern::test;
 
-// A host matrix's whole buffer on the device, `shift` elements into its allocation.
-template <class T> class device_copy {
-public:
-  device_copy(const host_matrix<T>& m, index_t shift)
-      : host_(m), shift_(shift), buffer_(m.data.size() + static_cast<std::size_t>(shift)) {
-    kern::gpu::copy(data(), m.data.data(), m.data.size(), nullptr);
-    kern::gpu::synchronize(nullptr);
-  }
-  T* data() const { return buffer_.data() + shift_; }
-  matrix_view<T> view() const { return {data(), host_.rows, host_.cols, host_.ld}; }
-  matrix_view<const T> cview() const { return view(); }
-  host_matrix<T> read() const {
-    host_matrix<T> out = host_;
-    out.data = to_host(data(), host_.data.size());
-    return out;
-  }
-
-private:
-  host_matrix<T> host_;
-  index_t shift_;
-  kern::gpu::device_buffer<T> buffer_;
-};
-
 // A device counter of invalid token ids, starting at 0.
 struct counter {
   kern::gpu::device_buffer<std::uint32_t> value = to_device(std::vector<std::uint32_t>{0});
@@ -178,7 +155,7 @@ template <class T> void check_embedding(const embedding_case& c, index_t offset,
   host_matrix<float> wpe = make_matrix<float>(c.positions, c.dim, ld_of(l, c.dim, 1), nan_value);
   wte.fill_random(rng);
   wpe.fill_random(rng);
-  const device_copy<float> d_wte(wte, shift), d_wpe(wpe, shift);
+  const device_matrix<float> d_wte(wte, shift), d_wpe(wpe, shift);
 
   // Forward.
   std::vector<double> out_ref;
@@ -188,7 +165,7 @@ template <class T> void check_embedding(const embedding_case& c, index_t offset,
       out_ref.push_back(static_cast<double>(wte.at(tokens[static_cast<std::size_t>(r)], j)) + position);
     }
   }
-  const device_copy<T> out(make_matrix<T>(rows, c.dim, ld_of(l, c.dim, 2), sentinel), shift);
+  const device_matrix<T> out(make_matrix<T>(rows, c.dim, ld_of(l, c.dim, 2), sentinel), shift);
   kern::ops::embedding_forward_params<T> fwd;
   fwd.tokens = d_tokens.data();
   fwd.batch = c.batch;
@@ -222,8 +199,8 @@ template <class T> void check_embedding(const embedding_case& c, index_t offset,
       }
     }
   }
-  const device_copy<T> d_dout(dout, shift);
-  const device_copy<float> d_dwte(dwte, shift), d_dwpe(dwpe, shift);
+  const device_matrix<T> d_dout(dout, shift);
+  const device_matrix<float> d_dwte(dwte, shift), d_dwpe(dwpe, shift);
   kern::ops::embedding_backward_params<T> bwd;
   bwd.tokens = d_tokens.data();
   bwd.batch = c.batch;
@@ -311,8 +288,8 @@ TEST(GpuEmbedding, InvalidTokenIds) {
 
   host_matrix<float> wte = make_matrix<float>(vocab, dim, dim, nan_value);
   wte.fill_random(rng);
-  const device_copy<float> d_wte(wte, 0);
-  const device_copy<float> out(make_matrix<float>(rows, dim, dim, sentinel), 0);
+  const device_matrix<float> d_wte(wte, 0);
+  const device_matrix<float> out(make_matrix<float>(rows, dim, dim, sentinel), 0);
   kern::ops::embedding_forward_params<float> fwd;
   fwd.tokens = d_tokens.data();
   fwd.batch = batch;
@@ -344,7 +321,7 @@ TEST(GpuEmbedding, InvalidTokenIds) {
   }
   host_matrix<float> dwpe = make_matrix<float>(seq, dim, dim, sentinel);
   dwpe.fill_random(rng);
-  const device_copy<float> d_dout(dout, 0), d_guarded(guarded, 0), d_dwpe(dwpe, 0);
+  const device_matrix<float> d_dout(dout, 0), d_guarded(guarded, 0), d_dwpe(dwpe, 0);
   kern::ops::embedding_backward_params<float> bwd;
   bwd.tokens = d_tokens.data();
   bwd.batch = batch;
@@ -386,7 +363,7 @@ TEST(GpuEmbedding, BackwardDeterministic) {
   const auto d_tokens = to_device(random_tokens(rng, rows, vocab));
   host_matrix<bf16> dout = make_matrix<bf16>(rows, dim, dim, 0.0f);
   dout.fill_random(rng);
-  const device_copy<bf16> d_dout(dout, 0);
+  const device_matrix<bf16> d_dout(dout, 0);
   std::vector<std::vector<float>> results;
   for (int run = 0; run < 2; ++run) {
     const auto grads = to_device(std::vector<float>(static_cast<std::size_t>((vocab + seq) * dim), 0.25f));
@@ -437,7 +414,7 @@ TEST(GpuEmbedding, BackwardMatchesFiniteDifferences) {
     tables[k] = t0;
   }
   const auto d_tokens = to_device(tokens);
-  const device_copy<float> d_w(w, 0);
+  const device_matrix<float> d_w(w, 0);
   const auto grads = to_device(std::vector<float>(tables.size(), 0.0f));
   kern::ops::embedding_backward_params<float> bwd;
   bwd.tokens = d_tokens.data();

@@ -48,59 +48,6 @@ std::vector<float> random_floats(std::mt19937& rng, index_t n, float lo, float h
   return random_values<float>(rng, n, lo, hi);
 }
 
-// How a case lays its matrices out in memory.
-enum class layout {
-  cpu_padding, // the CPU test's: rows padded by 3 or 5 values where it pads them
-  vector_rows, // rows padded to a multiple of 16 bytes: 16-byte access where the length allows it
-  misaligned,  // no padding, the buffer one element past 16-byte alignment: single-value access
-};
-const char* name(layout l) {
-  return l == layout::cpu_padding ? "cpu padding" : l == layout::vector_rows ? "16-byte rows" : "misaligned";
-}
-
-// The layouts in turn, one per case of a sweep (each shape's cases meet all three).
-class layout_cycle {
-public:
-  layout next() { return all_[count_++ % 3]; }
-
-private:
-  static constexpr layout all_[] = {layout::cpu_padding, layout::vector_rows, layout::misaligned};
-  int count_ = 0;
-};
-
-template <class T> index_t leading_dimension(layout l, index_t cols, index_t cpu_pad) {
-  constexpr index_t per_vector = 16 / sizeof(T);
-  switch (l) {
-  case layout::cpu_padding:
-    return cols + cpu_pad;
-  case layout::vector_rows:
-    return (cols + per_vector - 1) / per_vector * per_vector;
-  case layout::misaligned:
-    break;
-  }
-  return cols;
-}
-
-// A host matrix's buffer in device memory, `offset` elements into its allocation, so that a read
-// past the matrix leaves the allocation.
-template <class T> class device_matrix {
-public:
-  device_matrix(const host_matrix<T>& m, index_t offset)
-      : rows_(m.rows), cols_(m.cols), ld_(m.ld), offset_(offset),
-        buffer_(m.data.size() + static_cast<std::size_t>(offset)) {
-    gpu::copy(data(), m.data.data(), m.data.size(), nullptr);
-    gpu::synchronize(nullptr);
-  }
-  T* data() const { return buffer_.data() + offset_; }
-  matrix_view<T> view() const { return {data(), rows_, cols_, ld_}; }
-  matrix_view<const T> cview() const { return view(); }
-  void copy_to(host_matrix<T>& m) const { m.data = to_host(data(), m.data.size()); }
-
-private:
-  index_t rows_, cols_, ld_, offset_;
-  gpu::device_buffer<T> buffer_;
-};
-
 // ---------------------------------------------------------------------------------------------
 // Forward against the reference.
 
@@ -108,7 +55,7 @@ struct forward_case {
   norm_kind kind;
   index_t rows, dim, pad;
   bool bias, residual;
-  layout memory;
+  memory_layout memory;
 };
 
 template <class T> void check_forward(const forward_case& c) {
@@ -118,7 +65,7 @@ template <class T> void check_forward(const forward_case& c) {
                                   << " seed " << seed);
   std::mt19937 rng(seed);
   const index_t ld = leading_dimension<T>(c.memory, c.dim, c.pad);
-  const index_t offset = c.memory == layout::misaligned ? 1 : 0;
+  const index_t offset = c.memory == memory_layout::misaligned ? 1 : 0;
   host_matrix<T> x(c.rows, c.dim, ld, nan_value), residual(c.rows, c.dim, ld, nan_value);
   x.fill_random(rng, -2.0f, 3.0f); // an offset mean, so that the centring matters
   residual.fill_random(rng, -1.0f, 1.0f);
@@ -143,8 +90,8 @@ template <class T> void check_forward(const forward_case& c) {
   p.mean = c.kind == norm_kind::layernorm ? mean_d.data() : nullptr;
   p.rstd = rstd_d.data();
   gpu::norm_forward(p, nullptr);
-  y_d.copy_to(y);
-  h_d.copy_to(residual_out);
+  y = y_d.read();
+  residual_out = h_d.read();
   const std::vector<float> mean = to_host(mean_d), rstd = to_host(rstd_d);
 
   // The normalized input: x + residual, computed in fp32 and stored as T.
@@ -217,8 +164,8 @@ TEST(GpuNorm, ForwardF16) {
 template <class T> void long_row_forward() {
   for (norm_kind kind : {norm_kind::layernorm, norm_kind::rmsnorm}) {
     for (const auto& [rows, dim] : {std::pair<index_t, index_t>{2, 20011}, {1, 40000}}) {
-      check_forward<T>({kind, rows, dim, 0, kind == norm_kind::layernorm, true, layout::vector_rows});
-      check_forward<T>({kind, rows, dim, 0, false, false, layout::misaligned});
+      check_forward<T>({kind, rows, dim, 0, kind == norm_kind::layernorm, true, memory_layout::vector_rows});
+      check_forward<T>({kind, rows, dim, 0, false, false, memory_layout::misaligned});
     }
   }
 }
@@ -236,7 +183,7 @@ struct backward_case {
   norm_kind kind;
   index_t rows, dim, pad;
   bool accumulate_dx;
-  layout memory;
+  memory_layout memory;
 };
 
 // Runs norm_backward with a workspace of the size it asks for.
@@ -252,7 +199,7 @@ template <class T> void check_backward(const backward_case& c) {
                                   << " accumulate_dx " << c.accumulate_dx << " " << type_name<T>() << " seed " << seed);
   std::mt19937 rng(seed);
   const index_t ld = leading_dimension<T>(c.memory, c.dim, c.pad);
-  const index_t offset = c.memory == layout::misaligned ? 1 : 0;
+  const index_t offset = c.memory == memory_layout::misaligned ? 1 : 0;
   host_matrix<T> x(c.rows, c.dim, ld, nan_value), dy(c.rows, c.dim, ld, nan_value);
   host_matrix<T> dx(c.rows, c.dim, ld, sentinel, nan_value);
   x.fill_random(rng, -2.0f, 3.0f);
@@ -282,7 +229,7 @@ template <class T> void check_backward(const backward_case& c) {
   p.dweight = dweight_d.data();
   p.dbias = c.kind == norm_kind::layernorm ? dbias_d.data() : nullptr;
   run_backward(p);
-  dx_d.copy_to(dx);
+  dx = dx_d.read();
   const std::vector<float> dweight = to_host(dweight_d), dbias = to_host(dbias_d);
 
   reference_backward ref = norm_backward_reference(c.kind, widen(x.values()), widen(dy.values()), c.rows, c.dim,
@@ -345,10 +292,10 @@ TEST(GpuNorm, BackwardF16) {
 TEST(GpuNorm, BackwardLongRows) {
   KERN_REQUIRE_GPU();
   for (norm_kind kind : {norm_kind::layernorm, norm_kind::rmsnorm}) {
-    check_backward<float>({kind, 3, 10000, 0, true, layout::vector_rows});
-    check_backward<float>({kind, 2, 10007, 0, false, layout::misaligned});
-    check_backward<bf16>({kind, 2, 20000, 0, false, layout::vector_rows});
-    check_backward<bf16>({kind, 2, 5003, 0, true, layout::misaligned});
+    check_backward<float>({kind, 3, 10000, 0, true, memory_layout::vector_rows});
+    check_backward<float>({kind, 2, 10007, 0, false, memory_layout::misaligned});
+    check_backward<bf16>({kind, 2, 20000, 0, false, memory_layout::vector_rows});
+    check_backward<bf16>({kind, 2, 5003, 0, true, memory_layout::misaligned});
   }
 }
 
@@ -426,30 +373,16 @@ void check_finite_differences(const fd_case& c) {
     }
     return sum;
   };
-  const auto numeric_gradient = [&](std::vector<double>& input) {
-    std::vector<double> grad;
-    for (double& v : input) {
-      const double step = 1e-6 * std::max(1.0, std::abs(v));
-      const double saved = v;
-      v = saved + step;
-      const double up = loss();
-      v = saved - step;
-      const double down = loss();
-      v = saved;
-      grad.push_back((up - down) / (2 * step));
-    }
-    return grad;
-  };
   // The size of dx's terms, from the analytic float64 gradient at the kernels' h, mean and rstd.
   const std::vector<double> dx_scale =
       norm_backward_reference(c.kind, widen(h), w, c.rows, c.dim, weight64, widen(mean), widen(rstd)).dx_scale;
-  EXPECT_LE(scaled_error(dx, numeric_gradient(c.residual ? r64 : x64), dx_scale), 1e-5) << "dx";
+  EXPECT_LE(scaled_error(dx, numeric_gradient(c.residual ? r64 : x64, loss), dx_scale), 1e-5) << "dx";
   if (c.residual) {
-    EXPECT_LE(scaled_error(dx, numeric_gradient(x64), dx_scale), 1e-5) << "dx (through x)";
+    EXPECT_LE(scaled_error(dx, numeric_gradient(x64, loss), dx_scale), 1e-5) << "dx (through x)";
   }
-  EXPECT_LE(relative_error(dweight, numeric_gradient(weight64)), 1e-5) << "dweight";
+  EXPECT_LE(relative_error(dweight, numeric_gradient(weight64, loss)), 1e-5) << "dweight";
   if (c.bias) {
-    EXPECT_LE(relative_error(dbias, numeric_gradient(bias64)), 1e-5) << "dbias";
+    EXPECT_LE(relative_error(dbias, numeric_gradient(bias64, loss)), 1e-5) << "dbias";
   }
 }
 

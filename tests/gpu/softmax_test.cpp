@@ -47,59 +47,6 @@ template <class T> constexpr double gradient_tolerance() {
   return kern::dtype_of_v<T> == kern::dtype::f32 ? 1e-5 : output_tolerance<T>();
 }
 
-// How a case lays its matrices out in memory.
-enum class layout {
-  cpu_padding, // the CPU test's: rows padded by 3 values where it pads them
-  vector_rows, // rows padded to a multiple of 16 bytes: 16-byte access where the length allows it
-  misaligned,  // no padding, the buffer one element past 16-byte alignment: single-value access
-};
-const char* name(layout l) {
-  return l == layout::cpu_padding ? "cpu padding" : l == layout::vector_rows ? "16-byte rows" : "misaligned";
-}
-
-// The layouts in turn, one per case of a sweep (each shape's cases meet all three).
-class layout_cycle {
-public:
-  layout next() { return all_[count_++ % 3]; }
-
-private:
-  static constexpr layout all_[] = {layout::cpu_padding, layout::vector_rows, layout::misaligned};
-  int count_ = 0;
-};
-
-template <class T> index_t leading_dimension(layout l, index_t cols, index_t cpu_pad) {
-  constexpr index_t per_vector = 16 / sizeof(T);
-  switch (l) {
-  case layout::cpu_padding:
-    return cols + cpu_pad;
-  case layout::vector_rows:
-    return (cols + per_vector - 1) / per_vector * per_vector;
-  case layout::misaligned:
-    break;
-  }
-  return cols;
-}
-
-// A host matrix's buffer in device memory, `offset` elements into its allocation, so that a read
-// past the matrix leaves the allocation.
-template <class T> class device_matrix {
-public:
-  device_matrix(const host_matrix<T>& m, index_t offset)
-      : rows_(m.rows), cols_(m.cols), ld_(m.ld), offset_(offset),
-        buffer_(m.data.size() + static_cast<std::size_t>(offset)) {
-    gpu::copy(data(), m.data.data(), m.data.size(), nullptr);
-    gpu::synchronize(nullptr);
-  }
-  T* data() const { return buffer_.data() + offset_; }
-  matrix_view<T> view() const { return {data(), rows_, cols_, ld_}; }
-  matrix_view<const T> cview() const { return view(); }
-  void copy_to(host_matrix<T>& m) const { m.data = to_host(data(), m.data.size()); }
-
-private:
-  index_t rows_, cols_, ld_, offset_;
-  gpu::device_buffer<T> buffer_;
-};
-
 // ---------------------------------------------------------------------------------------------
 // Softmax forward and backward.
 
@@ -107,7 +54,7 @@ struct softmax_case {
   index_t rows, cols, pad;
   float scale;
   bool in_place;
-  layout memory;
+  memory_layout memory;
 };
 
 template <class T> void check_softmax_forward(const softmax_case& c) {
@@ -117,7 +64,7 @@ template <class T> void check_softmax_forward(const softmax_case& c) {
                                   << seed);
   std::mt19937 rng(seed);
   const index_t ld = leading_dimension<T>(c.memory, c.cols, c.pad);
-  const index_t offset = c.memory == layout::misaligned ? 1 : 0;
+  const index_t offset = c.memory == memory_layout::misaligned ? 1 : 0;
   host_matrix<T> x(c.rows, c.cols, ld, c.in_place ? sentinel : nan_value, 0.0f);
   x.fill_random(rng, -4.0f, 4.0f);
   const std::vector<double> ref = softmax_reference(widen(x.values()), c.rows, c.cols, c.scale);
@@ -125,7 +72,7 @@ template <class T> void check_softmax_forward(const softmax_case& c) {
   const device_matrix<T> x_d(x, offset), y_d(y, offset);
   const device_matrix<T>& out_d = c.in_place ? x_d : y_d;
   gpu::softmax_forward(kern::ops::softmax_forward_params<T>{x_d.cview(), out_d.view(), c.scale}, nullptr);
-  out_d.copy_to(y);
+  y = out_d.read();
   EXPECT_LE(relative_error(y.values(), ref), output_tolerance<T>());
   EXPECT_TRUE(y.padding_is(sentinel)) << "padding written";
 }
@@ -136,7 +83,7 @@ template <class T> void check_softmax_backward(const softmax_case& c) {
                                   << " in place " << c.in_place << " " << type_name<T>() << " seed " << seed);
   std::mt19937 rng(seed);
   const index_t ld = leading_dimension<T>(c.memory, c.cols, c.pad);
-  const index_t offset = c.memory == layout::misaligned ? 1 : 0;
+  const index_t offset = c.memory == memory_layout::misaligned ? 1 : 0;
   host_matrix<T> x(c.rows, c.cols, c.cols, nan_value, 0.0f);
   x.fill_random(rng, -3.0f, 3.0f);
   const std::vector<double> y64 = softmax_reference(widen(x.values()), c.rows, c.cols, 1.0);
@@ -153,7 +100,7 @@ template <class T> void check_softmax_backward(const softmax_case& c) {
   const device_matrix<T> y_d(y, offset), dy_d(dy, offset), dx_d(dx, offset);
   const device_matrix<T>& out_d = c.in_place ? dy_d : dx_d;
   gpu::softmax_backward(kern::ops::softmax_backward_params<T>{y_d.cview(), dy_d.cview(), out_d.view()}, nullptr);
-  out_d.copy_to(dx);
+  dx = out_d.read();
   EXPECT_LE(relative_error(dx.values(), ref), gradient_tolerance<T>());
   EXPECT_TRUE(dx.padding_is(sentinel)) << "padding written";
 }
@@ -190,11 +137,11 @@ TEST(GpuSoftmax, F16) {
 TEST(GpuSoftmax, LongRows) {
   KERN_REQUIRE_GPU();
   for (bool in_place : {false, true}) {
-    check_softmax_forward<float>({2, 20000, 0, 0.5f, in_place, layout::vector_rows});
-    check_softmax_forward<bf16>({1, 50304, 0, 1.0f, in_place, layout::vector_rows});
-    check_softmax_forward<f16>({2, 10007, 0, -1.0f, in_place, layout::misaligned});
-    check_softmax_backward<float>({2, 20000, 0, 1.0f, in_place, layout::vector_rows});
-    check_softmax_backward<bf16>({2, 20011, 0, 1.0f, in_place, layout::misaligned});
+    check_softmax_forward<float>({2, 20000, 0, 0.5f, in_place, memory_layout::vector_rows});
+    check_softmax_forward<bf16>({1, 50304, 0, 1.0f, in_place, memory_layout::vector_rows});
+    check_softmax_forward<f16>({2, 10007, 0, -1.0f, in_place, memory_layout::misaligned});
+    check_softmax_backward<float>({2, 20000, 0, 1.0f, in_place, memory_layout::vector_rows});
+    check_softmax_backward<bf16>({2, 20011, 0, 1.0f, in_place, memory_layout::misaligned});
   }
 }
 
@@ -220,21 +167,14 @@ TEST(GpuSoftmax, BackwardMatchesFiniteDifferences) {
     const std::vector<float> y = to_host(y_d), dx = to_host(dx_d);
     std::vector<double> x64 = widen(x);
     const std::vector<double> w64 = widen(w);
-    std::vector<double> numeric;
-    for (double& v : x64) {
-      const double saved = v, step = 1e-6;
-      double up = 0.0, down = 0.0;
-      v = saved + step;
-      const std::vector<double> y_up = softmax_reference(x64, rows, cols, 1.0);
-      v = saved - step;
-      const std::vector<double> y_down = softmax_reference(x64, rows, cols, 1.0);
-      v = saved;
+    const std::vector<double> numeric = numeric_gradient(x64, [&] {
+      const std::vector<double> y64 = softmax_reference(x64, rows, cols, 1.0);
+      double loss = 0.0;
       for (std::size_t k = 0; k < w64.size(); ++k) {
-        up += w64[k] * y_up[k];
-        down += w64[k] * y_down[k];
+        loss += w64[k] * y64[k];
       }
-      numeric.push_back((up - down) / (2 * step));
-    }
+      return loss;
+    });
     // dx = y (dy - dot) cancels: the error is measured against y (|dy| + |dot|).
     std::vector<double> scale;
     for (index_t i = 0; i < rows; ++i) {
@@ -305,7 +245,7 @@ struct ce_case {
   loss_reduction reduction;
   bool write_gradient, with_losses;
   float grad_scale;
-  layout memory;
+  memory_layout memory;
 };
 
 template <class T> void check_cross_entropy(const ce_case& c) {
@@ -327,7 +267,7 @@ template <class T> void check_cross_entropy(const ce_case& c) {
   if (c.rows > 1) {
     targets[1] = static_cast<std::int32_t>(c.vocab) - 1; // the last real class
   }
-  const device_matrix<T> logits_d(logits, c.memory == layout::misaligned ? 1 : 0);
+  const device_matrix<T> logits_d(logits, c.memory == memory_layout::misaligned ? 1 : 0);
   const auto targets_d = to_device(targets);
   const auto losses_d = to_device(std::vector<float>(static_cast<std::size_t>(c.rows), nan_value));
   kern::ops::cross_entropy_params<T> p;
@@ -339,7 +279,7 @@ template <class T> void check_cross_entropy(const ce_case& c) {
   p.write_gradient = c.write_gradient;
   p.grad_scale = c.grad_scale;
   const gpu::cross_entropy_device_result result = run_cross_entropy(p);
-  logits_d.copy_to(logits);
+  logits = logits_d.read();
   const std::vector<float> losses = to_host(losses_d);
 
   const ce_reference ref =
@@ -398,10 +338,10 @@ TEST(GpuCrossEntropy, F16) {
 // with single-value access.
 TEST(GpuCrossEntropy, Gpt2Vocabulary) {
   KERN_REQUIRE_GPU();
-  check_cross_entropy<float>({64, 50304, 50257, 0, loss_reduction::mean, true, true, 1.0f, layout::vector_rows});
-  check_cross_entropy<bf16>({64, 50304, 50257, 0, loss_reduction::mean, true, false, 1.0f, layout::vector_rows});
-  check_cross_entropy<f16>({7, 50304, 50257, 0, loss_reduction::sum, false, true, 1.0f, layout::misaligned});
-  check_cross_entropy<bf16>({7, 20011, 20011, 0, loss_reduction::mean, true, true, 0.5f, layout::misaligned});
+  check_cross_entropy<float>({64, 50304, 50257, 0, loss_reduction::mean, true, true, 1.0f, memory_layout::vector_rows});
+  check_cross_entropy<bf16>({64, 50304, 50257, 0, loss_reduction::mean, true, false, 1.0f, memory_layout::vector_rows});
+  check_cross_entropy<f16>({7, 50304, 50257, 0, loss_reduction::sum, false, true, 1.0f, memory_layout::misaligned});
+  check_cross_entropy<bf16>({7, 20011, 20011, 0, loss_reduction::mean, true, true, 0.5f, memory_layout::misaligned});
 }
 
 // The gradient written over the logits against central differences of the float64 mean loss, with
@@ -427,18 +367,9 @@ TEST(GpuCrossEntropy, GradientMatchesFiniteDifferences) {
     p.targets = targets_d.data();
     p.vocab = vocab;
     run_cross_entropy(p);
-    std::vector<double> numeric;
-    for (double& v : logits64) {
-      const double saved = v, step = 1e-6;
-      v = saved + step;
-      const double up =
-          cross_entropy_reference(logits64, rows, cols, vocab, targets, -100, loss_reduction::mean, 1.0).loss;
-      v = saved - step;
-      const double down =
-          cross_entropy_reference(logits64, rows, cols, vocab, targets, -100, loss_reduction::mean, 1.0).loss;
-      v = saved;
-      numeric.push_back((up - down) / (2 * step));
-    }
+    const std::vector<double> numeric = numeric_gradient(logits64, [&] {
+      return cross_entropy_reference(logits64, rows, cols, vocab, targets, -100, loss_reduction::mean, 1.0).loss;
+    });
     EXPECT_LE(relative_error(to_host(logits_d), numeric), 1e-5);
   }
 }

@@ -1,5 +1,6 @@
 // What every GPU kernel test shares, in all three compilation modes (CUDA, HIP, the CPU execution
-// mode): the device it runs on in the log, a skip where there is no GPU, and host <-> device copies.
+// mode): the device it runs on in the log, a skip where there is no GPU, host <-> device copies, and
+// the memory layouts a case puts its matrices in.
 // The inputs, references and error measures are kernel_test.hpp's, the same as the CPU tests'.
 #pragma once
 
@@ -51,5 +52,67 @@ template <class T> std::vector<T> to_host(const T* device, std::size_t count) {
 template <class T> std::vector<T> to_host(const gpu::device_buffer<T>& device) {
   return to_host(device.data(), device.size());
 }
+
+// How a case lays its matrices out in memory.
+enum class memory_layout {
+  cpu_padding, // the CPU tests': rows padded by a few values (the case's pad) where they pad them
+  vector_rows, // rows padded to a multiple of 16 bytes: 16-byte access where the length allows it
+  misaligned,  // no padding, the buffer one element past 16-byte alignment: single-value access
+};
+const char* name(memory_layout l) {
+  return l == memory_layout::cpu_padding   ? "cpu padding"
+         : l == memory_layout::vector_rows ? "16-byte rows"
+                                           : "misaligned";
+}
+
+// The layouts in turn, one per case of a sweep (each shape's cases meet all three).
+class layout_cycle {
+public:
+  memory_layout next() { return all_[count_++ % 3]; }
+
+private:
+  static constexpr memory_layout all_[] = {memory_layout::cpu_padding, memory_layout::vector_rows,
+                                           memory_layout::misaligned};
+  int count_ = 0;
+};
+
+template <class T> index_t leading_dimension(memory_layout l, index_t cols, index_t cpu_pad) {
+  constexpr index_t per_vector = 16 / sizeof(T);
+  switch (l) {
+  case memory_layout::cpu_padding:
+    return cols + cpu_pad;
+  case memory_layout::vector_rows:
+    return (cols + per_vector - 1) / per_vector * per_vector;
+  case memory_layout::misaligned:
+    break;
+  }
+  return cols;
+}
+
+// A host matrix's whole buffer (padding included) in device memory, `offset` elements into its
+// allocation: a read past the matrix leaves the allocation, and offset 1 puts every row off a
+// 16-byte boundary.
+template <class T> class device_matrix {
+public:
+  device_matrix(const host_matrix<T>& m, index_t offset)
+      : host_(m), offset_(offset), buffer_(m.data.size() + static_cast<std::size_t>(offset)) {
+    gpu::copy(data(), m.data.data(), m.data.size(), nullptr);
+    gpu::synchronize(nullptr);
+  }
+  T* data() const { return buffer_.data() + offset_; }
+  matrix_view<T> view() const { return {data(), host_.rows, host_.cols, host_.ld}; }
+  matrix_view<const T> cview() const { return view(); }
+  // The device buffer now, as a host matrix of the same shape.
+  host_matrix<T> read() const {
+    host_matrix<T> out = host_;
+    out.data = to_host(data(), host_.data.size());
+    return out;
+  }
+
+private:
+  host_matrix<T> host_;
+  index_t offset_;
+  gpu::device_buffer<T> buffer_;
+};
 
 } // namespace kern::test

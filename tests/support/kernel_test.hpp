@@ -3,6 +3,7 @@
 // and the error against a float64 reference.
 #pragma once
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -128,6 +129,23 @@ template <class T>
 double scaled_error(const std::vector<T>& out, const std::vector<double>& ref, const std::vector<double>& scale) {
   const auto [diff, norm] = squared_norms(out, ref, scale);
   return std::sqrt(diff / norm);
+}
+
+// The central-difference gradient of loss() with respect to every value of `input`, which loss()
+// reads: each value is moved by a step of 1e-6 times its size (at least 1e-6) both ways, in float64.
+template <class Loss> std::vector<double> numeric_gradient(std::vector<double>& input, const Loss& loss) {
+  std::vector<double> gradient;
+  gradient.reserve(input.size());
+  for (double& v : input) {
+    const double saved = v, step = 1e-6 * std::max(1.0, std::abs(v));
+    v = saved + step;
+    const double up = loss();
+    v = saved - step;
+    const double down = loss();
+    v = saved;
+    gradient.push_back((up - down) / (2 * step));
+  }
+  return gradient;
 }
 
 // The error bound a kernel's output in storage type T is held to: fp32 math throughout, so an f32
