@@ -438,6 +438,15 @@ TEST(Emulator, GridOnSeveralCpuThreads) {
   EXPECT_EQ(kern::test::to_host(per_block), std::vector<int>(blocks, threads));
 }
 
+// Every failed runtime call is a kern::error naming the call and the code.
+TEST(Emulator, FailedRuntimeCallsNameTheCall) {
+  expect_error([] { gpu::copy(static_cast<float*>(nullptr), static_cast<const float*>(nullptr), 4, nullptr); },
+               "kern::gpu: emulator::copy(destination, source, count * sizeof(T), stream) failed: invalid value");
+#if !defined(KERN_GPU_EMULATOR_ASAN) // AddressSanitizer stops the process on an impossible allocation
+  expect_error([] { gpu::device_buffer<float> huge(std::size_t{1} << 60); }, "failed: out of memory");
+#endif
+}
+
 TEST(Emulator, BuiltinsOutsideAKernelAreAnError) {
   expect_error([] { (void)threadIdx.x; }, "outside a kernel launch");
 }
