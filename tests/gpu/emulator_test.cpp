@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "kern/gpu.hpp" // the front door compiles on its own, in every mode
+#include "kern/gpu/device.hpp"
 #include "kern/gpu/runtime.hpp"
 #include "kern/gpu/shared.hpp"
 #include "kern/gpu/warp.hpp"
@@ -395,6 +396,17 @@ TEST(Emulator, MissingBarrierShowsInEitherThreadOrder) {
     const auto first = host.begin() + static_cast<std::ptrdiff_t>(b * n);
     EXPECT_NE(std::find(first, first + n, -1), first + n) << "block " << b << " never read an unwritten value";
   }
+}
+
+// A 16-byte load one float past an aligned address.
+__global__ void misaligned_vector_load(const float* in, float* out) {
+  out[threadIdx.x] = kern::gpu::load_vector(in + 1).values[0];
+}
+
+TEST(Emulator, ReportsMisalignedVectorAccess) {
+  gpu::device_buffer<float> in(64), out(32);
+  expect_error([&] { gpu::launch(misaligned_vector_load, dim3(1), dim3(32), 0, nullptr, in.data(), out.data()); },
+               "which is not 16-byte aligned");
 }
 
 __global__ void do_nothing() {}

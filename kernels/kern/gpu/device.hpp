@@ -63,8 +63,24 @@ template <class T> struct alignas(16) vector16 {
   T values[size];
 };
 
-template <class T> KERN_DEVICE vector16<T> load_vector(const T* p) { return *reinterpret_cast<const vector16<T>*>(p); }
-template <class T> KERN_DEVICE void store_vector(T* p, const vector16<T>& v) { *reinterpret_cast<vector16<T>*>(p) = v; }
+// A GPU faults on a misaligned 16-byte access; the CPU execution mode reports it instead.
+template <class T> KERN_DEVICE void require_vector_aligned([[maybe_unused]] const T* p) {
+#if defined(KERN_GPU_EMULATED)
+  if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) {
+    emulator::block_runner::current().fail("a 16-byte vector access at ", static_cast<const void*>(p),
+                                           ", which is not 16-byte aligned");
+  }
+#endif
+}
+
+template <class T> KERN_DEVICE vector16<T> load_vector(const T* p) {
+  require_vector_aligned(p);
+  return *reinterpret_cast<const vector16<T>*>(p);
+}
+template <class T> KERN_DEVICE void store_vector(T* p, const vector16<T>& v) {
+  require_vector_aligned(p);
+  *reinterpret_cast<vector16<T>*>(p) = v;
+}
 
 // Whether p may be accessed as 16-byte vectors.
 template <class T> KERN_HOST_DEVICE inline bool vector_aligned(const T* p) {
