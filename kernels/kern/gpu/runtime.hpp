@@ -24,6 +24,7 @@ using event_handle = cudaEvent_t;
 inline bool ok(status s) { return s == cudaSuccess; }
 inline std::string describe(status s) { return std::string(cudaGetErrorName(s)) + " (" + cudaGetErrorString(s) + ")"; }
 #define KERN_GPU_API(cuda, hip, emulated) cuda
+#define KERN_GPU_NAME(cuda, hip, emulated) cuda
 #elif defined(KERN_GPU_HIP)
 using status = hipError_t;
 using stream_handle = hipStream_t;
@@ -31,6 +32,7 @@ using event_handle = hipEvent_t;
 inline bool ok(status s) { return s == hipSuccess; }
 inline std::string describe(status s) { return std::string(hipGetErrorName(s)) + " (" + hipGetErrorString(s) + ")"; }
 #define KERN_GPU_API(cuda, hip, emulated) hip
+#define KERN_GPU_NAME(cuda, hip, emulated) hip
 #else
 using status = emulator::status;
 using stream_handle = emulator::stream*;
@@ -38,6 +40,7 @@ using event_handle = emulator::event*;
 inline bool ok(status s) { return s == emulator::status::success; }
 inline std::string describe(status s) { return emulator::status_name(s); }
 #define KERN_GPU_API(cuda, hip, emulated) emulator::emulated
+#define KERN_GPU_NAME(cuda, hip, emulated) emulated
 #endif
 } // namespace api
 
@@ -50,8 +53,11 @@ inline void check(api::status result, const char* call) {
   }
 }
 
-// Checks a runtime call, naming it in the error.
-#define KERN_GPU_CHECK(...) ::kern::gpu::check((__VA_ARGS__), #__VA_ARGS__)
+// Calls the mode's runtime function (CUDA's, HIP's or the emulator's name for it) and checks it;
+// the error names the function that ran and its arguments.
+#define KERN_GPU_CALL(cuda, hip, emulated, ...)                                                                        \
+  ::kern::gpu::check(KERN_GPU_API(cuda, hip, emulated)(__VA_ARGS__),                                                   \
+                     KERN_GPU_NAME(#cuda, #hip, "emulator::" #emulated) "(" #__VA_ARGS__ ")")
 
 // How many GPUs this process can use: 0 where there is no driver or no device (never throws).
 inline int device_count() noexcept {
@@ -70,9 +76,9 @@ inline std::string describe_device() {
          std::to_string(emulator::grid_threads()) + " CPU thread(s) per grid";
 #else
   int device = 0;
-  KERN_GPU_CHECK(KERN_GPU_API(cudaGetDevice, hipGetDevice, none)(&device));
+  KERN_GPU_CALL(cudaGetDevice, hipGetDevice, none, &device);
   KERN_GPU_API(cudaDeviceProp, hipDeviceProp_t, none) props{};
-  KERN_GPU_CHECK(KERN_GPU_API(cudaGetDeviceProperties, hipGetDeviceProperties, none)(&props, device));
+  KERN_GPU_CALL(cudaGetDeviceProperties, hipGetDeviceProperties, none, &props, device);
   return std::string(props.name) + " (" + KERN_GPU_API("sm_", "gfx", "") + std::to_string(props.major) +
          std::to_string(props.minor) + ", " + std::to_string(props.multiProcessorCount) + " multiprocessors, warp " +
          std::to_string(props.warpSize) + ")";
@@ -85,7 +91,7 @@ public:
   device_buffer() = default;
   explicit device_buffer(std::size_t count) : count_(count) {
     void* pointer = nullptr;
-    KERN_GPU_CHECK(KERN_GPU_API(cudaMalloc, hipMalloc, device_malloc)(&pointer, count * sizeof(T)));
+    KERN_GPU_CALL(cudaMalloc, hipMalloc, device_malloc, &pointer, count * sizeof(T));
     data_ = static_cast<T*>(pointer);
   }
   device_buffer(device_buffer&& other) noexcept
@@ -114,26 +120,26 @@ private:
 // Copies `count` values between host and device memory (either direction), in stream order.
 template <class T> void copy(T* destination, const T* source, std::size_t count, stream_t stream) {
 #if defined(KERN_GPU_EMULATED)
-  KERN_GPU_CHECK(emulator::copy(destination, source, count * sizeof(T), stream));
+  KERN_GPU_CALL(none, none, copy, destination, source, count * sizeof(T), stream);
 #else
-  KERN_GPU_CHECK(KERN_GPU_API(cudaMemcpyAsync, hipMemcpyAsync, copy)(
-      destination, source, count * sizeof(T), KERN_GPU_API(cudaMemcpyDefault, hipMemcpyDefault, 0), stream));
+  constexpr auto direction = KERN_GPU_API(cudaMemcpyDefault, hipMemcpyDefault, 0); // from the pointers
+  KERN_GPU_CALL(cudaMemcpyAsync, hipMemcpyAsync, copy, destination, source, count * sizeof(T), direction, stream);
 #endif
 }
 
 // Sets `count` values' bytes to zero, in stream order.
 template <class T> void zero(T* destination, std::size_t count, stream_t stream) {
-  KERN_GPU_CHECK(KERN_GPU_API(cudaMemsetAsync, hipMemsetAsync, fill_bytes)(destination, 0, count * sizeof(T), stream));
+  KERN_GPU_CALL(cudaMemsetAsync, hipMemsetAsync, fill_bytes, destination, 0, count * sizeof(T), stream);
 }
 
 inline void synchronize(stream_t stream) {
-  KERN_GPU_CHECK(KERN_GPU_API(cudaStreamSynchronize, hipStreamSynchronize, stream_synchronize)(stream));
+  KERN_GPU_CALL(cudaStreamSynchronize, hipStreamSynchronize, stream_synchronize, stream);
 }
 
 // An owned stream.
 class stream {
 public:
-  stream() { KERN_GPU_CHECK(KERN_GPU_API(cudaStreamCreate, hipStreamCreate, stream_create)(&handle_)); }
+  stream() { KERN_GPU_CALL(cudaStreamCreate, hipStreamCreate, stream_create, &handle_); }
   stream(const stream&) = delete;
   stream& operator=(const stream&) = delete;
   ~stream() { (void)KERN_GPU_API(cudaStreamDestroy, hipStreamDestroy, stream_destroy)(handle_); }
@@ -147,21 +153,16 @@ private:
 // An owned event, for ordering and timing.
 class event {
 public:
-  event() { KERN_GPU_CHECK(KERN_GPU_API(cudaEventCreate, hipEventCreate, event_create)(&handle_)); }
+  event() { KERN_GPU_CALL(cudaEventCreate, hipEventCreate, event_create, &handle_); }
   event(const event&) = delete;
   event& operator=(const event&) = delete;
   ~event() { (void)KERN_GPU_API(cudaEventDestroy, hipEventDestroy, event_destroy)(handle_); }
-  void record(stream_t stream) {
-    KERN_GPU_CHECK(KERN_GPU_API(cudaEventRecord, hipEventRecord, event_record)(handle_, stream));
-  }
-  void synchronize() const {
-    KERN_GPU_CHECK(KERN_GPU_API(cudaEventSynchronize, hipEventSynchronize, event_synchronize)(handle_));
-  }
+  void record(stream_t stream) { KERN_GPU_CALL(cudaEventRecord, hipEventRecord, event_record, handle_, stream); }
+  void synchronize() const { KERN_GPU_CALL(cudaEventSynchronize, hipEventSynchronize, event_synchronize, handle_); }
   // Milliseconds from `start` to this event (both recorded and complete).
   float elapsed_ms_since(const event& start) const {
     float ms = 0;
-    KERN_GPU_CHECK(
-        KERN_GPU_API(cudaEventElapsedTime, hipEventElapsedTime, event_elapsed_ms)(&ms, start.handle_, handle_));
+    KERN_GPU_CALL(cudaEventElapsedTime, hipEventElapsedTime, event_elapsed_ms, &ms, start.handle_, handle_);
     return ms;
   }
 
@@ -205,7 +206,7 @@ template <class... Params, class... Args> void launch(void (*kernel)(Params...),
   (void)stream;
 #else
   kernel<<<grid, block, shared_bytes, stream>>>(static_cast<Params>(std::forward<Args>(args))...);
-  KERN_GPU_CHECK(KERN_GPU_API(cudaGetLastError, hipGetLastError, none)());
+  KERN_GPU_CALL(cudaGetLastError, hipGetLastError, none);
 #endif
 }
 
