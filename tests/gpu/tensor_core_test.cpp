@@ -254,8 +254,8 @@ template <class T, b_storage BStorage, int Matrices> void check_mma(inputs kind)
 bool gpu_has_sm80() {
 #if defined(KERN_GPU_CUDA)
   int device = 0, major = 0;
-  KERN_GPU_CHECK(cudaGetDevice(&device));
-  KERN_GPU_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  kern::gpu::check(cudaGetDevice(&device), "cudaGetDevice");
+  kern::gpu::check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
   return major >= 8;
 #else
   return true;
