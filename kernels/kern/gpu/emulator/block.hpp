@@ -49,8 +49,10 @@ struct launch_config {
   std::size_t dynamic_shared_bytes = 0;
 };
 
-// The largest shared memory a block may use: 227 KiB, as on sm_90.
-inline constexpr std::size_t max_shared_bytes = std::size_t{227} * 1024;
+// The shared memory a block may use, static and dynamic together: 48 KiB, what every CUDA GPU
+// grants a kernel that has not raised its limit (cudaFuncAttributeMaxDynamicSharedMemorySize), and
+// kern::gpu::launch raises none. (sm_90 allows 227 KiB after opting in.)
+inline constexpr std::size_t max_shared_bytes = std::size_t{48} * 1024;
 
 class block_runner {
 public:
@@ -372,7 +374,7 @@ private:
     }
     if (data_bytes > max_shared_bytes || offset + bytes + guard_bytes > shared_.size()) {
       fail("shared memory of ", data_bytes, " bytes (with ", name, ") exceeds the ", max_shared_bytes,
-           " bytes a block may use");
+           " bytes a block may use without opting in");
     }
     allocations_.push_back({key, offset, bytes, name});
     std::fill_n(shared_.begin() + static_cast<std::ptrdiff_t>(offset + bytes), guard_bytes, guard_pattern);
