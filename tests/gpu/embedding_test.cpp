@@ -28,7 +28,6 @@ namespace {
 using kern::bf16;
 using kern::f16;
 using kern::index_t;
-using kern::matrix_view;
 using namespace kern::test;
 
 // A device counter of invalid token ids, starting at 0.

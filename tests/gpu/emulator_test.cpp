@@ -388,13 +388,14 @@ __global__ void missing_barrier(int* out) {
 // The emulator runs even blocks' threads in increasing order and odd blocks' in decreasing order,
 // so the race shows in both: some thread of each block reads fresh memory (all-ones bytes, -1).
 TEST(Emulator, MissingBarrierShowsInEitherThreadOrder) {
-  const unsigned n = 64;
+  const std::size_t n = 64;
   gpu::device_buffer<int> out(2 * n);
-  gpu::launch(missing_barrier, dim3(2), dim3(n), 0, nullptr, out.data());
+  gpu::launch(missing_barrier, dim3(2), dim3(static_cast<unsigned>(n)), 0, nullptr, out.data());
   const auto host = kern::test::to_host(out);
-  for (unsigned b = 0; b < 2; ++b) {
+  for (std::size_t b = 0; b < 2; ++b) {
     const auto first = host.begin() + static_cast<std::ptrdiff_t>(b * n);
-    EXPECT_NE(std::find(first, first + n, -1), first + n) << "block " << b << " never read an unwritten value";
+    const auto last = first + static_cast<std::ptrdiff_t>(n);
+    EXPECT_NE(std::find(first, last, -1), last) << "block " << b << " never read an unwritten value";
   }
 }
 

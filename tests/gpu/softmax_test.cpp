@@ -34,7 +34,6 @@ namespace {
 using kern::bf16;
 using kern::f16;
 using kern::index_t;
-using kern::matrix_view;
 using kern::ops::loss_reduction;
 using namespace kern::test;
 namespace gpu = kern::gpu;
