@@ -55,8 +55,7 @@ inline void validate_launch(const launch_config& c) {
   require(c.block.volume() > 0 && c.block.volume() <= 1024 && c.block.z <= 64, "kern::gpu::launch", "block ",
           text(c.block), " is not a valid block (1 to 1024 threads, z <= 64)");
   require(c.dynamic_shared_bytes <= max_shared_bytes, "kern::gpu::launch", "dynamic shared memory of ",
-          c.dynamic_shared_bytes, " bytes exceeds the ", max_shared_bytes,
-          " bytes a block may use without opting in");
+          c.dynamic_shared_bytes, " bytes exceeds the ", max_shared_bytes, " bytes a block may use without opting in");
 }
 
 // Runs `body` (the kernel call) in every thread of every block; the first error stops the grid.
