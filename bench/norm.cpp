@@ -9,6 +9,7 @@
 
 #include "bench_common.hpp"
 #include "kern/cpu.hpp"
+#include "workloads.hpp"
 
 namespace {
 
@@ -41,23 +42,7 @@ template <class T> struct buffers {
         rstd(filled<float>(s.rows, 2.0f)), dweight(filled<float>(s.dim, 0.0f)), dbias(filled<float>(s.dim, 0.0f)) {}
 };
 
-enum class pass { forward, fused_forward, backward };
-
-// Bytes the op must move: activations in and out, the saved statistics, the parameters.
-template <class T> double traffic(pass which, shape s) {
-  const double matrix = static_cast<double>(s.size()) * sizeof(T);
-  const double vectors =
-      static_cast<double>(s.rows) * 2 * sizeof(float) + static_cast<double>(s.dim) * 2 * sizeof(float);
-  switch (which) {
-  case pass::forward:
-    return 2 * matrix + vectors; // x in, y out
-  case pass::fused_forward:
-    return 4 * matrix + vectors; // x and residual in, h and y out
-  case pass::backward:
-    return 3 * matrix + vectors; // x and dy in, dx out
-  }
-  return 0.0;
-}
+using pass = norm_pass;
 
 template <class T> void kern_norm(benchmark::State& state, norm_kind kind, pass which, shape s) {
   buffers<T> b(s);
@@ -94,7 +79,7 @@ template <class T> void kern_norm(benchmark::State& state, norm_kind kind, pass 
     }
     benchmark::ClobberMemory();
   }
-  report_bytes(state, traffic<T>(which, s));
+  report_bytes(state, norm_traffic<T>(which, s.rows, s.dim));
 }
 
 // The loops a user writes by hand: one row at a time, one element at a time, one thread.
@@ -153,7 +138,7 @@ template <class T> void scalar_norm(benchmark::State& state, norm_kind kind, pas
     }
     benchmark::ClobberMemory();
   }
-  report_bytes(state, traffic<T>(which, s));
+  report_bytes(state, norm_traffic<T>(which, s.rows, s.dim));
 }
 
 template <class T> void add_all(std::string_view dtype) {

@@ -10,6 +10,7 @@
 
 #include "bench_common.hpp"
 #include "kern/cpu.hpp"
+#include "workloads.hpp"
 
 namespace {
 
@@ -19,22 +20,6 @@ using namespace kern::bench;
 
 constexpr index_t gpt2_parameters = 124'439'808;
 constexpr index_t l2_scale_parameters = index_t{1} << 20;
-
-// GPT-2 124M's parameter tensors in llm.c's order, as the sizes of the spans the norm runs over.
-std::vector<index_t> gpt2_tensor_sizes() {
-  constexpr index_t vocab = 50257, context = 1024, channels = 768, layers = 12;
-  std::vector<index_t> sizes{vocab * channels, context * channels};
-  for (index_t layer = 0; layer < layers; ++layer) {
-    for (index_t size :
-         {channels, channels, channels * 3 * channels, 3 * channels, channels * channels, channels, channels, channels,
-          channels * 4 * channels, 4 * channels, 4 * channels * channels, channels}) {
-      sizes.push_back(size);
-    }
-  }
-  sizes.push_back(channels);
-  sizes.push_back(channels);
-  return sizes;
-}
 
 // One set of optimizer buffers, shared by every benchmark of the same size: allocating and filling
 // 2 GB for each run would dominate the program's time. Values stay finite over any number of steps.

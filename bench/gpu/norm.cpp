@@ -7,6 +7,7 @@
 
 #include "gpu/gpu_bench.hpp"
 #include "kern/gpu/norm.hpp"
+#include "workloads.hpp"
 
 namespace {
 
@@ -14,7 +15,7 @@ using kern::bf16;
 using kern::index_t;
 using kern::ops::norm_kind;
 
-enum class pass { forward, fused_forward, backward };
+using pass = kern::bench::norm_pass;
 
 // Everything one forward or backward call touches.
 template <class T> struct buffers {
@@ -35,21 +36,6 @@ private:
   }
 };
 
-// Bytes the op must move: activations in and out, the saved statistics, the parameters.
-template <class T> double traffic(pass which, index_t rows, index_t dim) {
-  const double matrix = static_cast<double>(rows * dim) * sizeof(T);
-  const double vectors = static_cast<double>(rows) * 2 * sizeof(float) + static_cast<double>(dim) * 2 * sizeof(float);
-  switch (which) {
-  case pass::forward:
-    return 2 * matrix + vectors; // x in, y out
-  case pass::fused_forward:
-    return 4 * matrix + vectors; // x and residual in, h and y out
-  case pass::backward:
-    return 3 * matrix + vectors; // x and dy in, dx out
-  }
-  return 0.0;
-}
-
 template <class T> void norm(benchmark::State& state, norm_kind kind, pass which, index_t rows, index_t dim) {
   buffers<T> b(rows, dim);
   const bool layernorm = kind == norm_kind::layernorm;
@@ -66,7 +52,7 @@ template <class T> void norm(benchmark::State& state, norm_kind kind, pass which
   f.mean = layernorm ? b.mean.data() : nullptr;
   f.rstd = b.rstd.data();
   if (which != pass::backward) {
-    kern::bench::time_on_gpu(state, traffic<T>(which, rows, dim),
+    kern::bench::time_on_gpu(state, kern::bench::norm_traffic<T>(which, rows, dim),
                              [&](kern::gpu::stream_t s) { kern::gpu::norm_forward(f, s); });
     return;
   }
@@ -81,7 +67,7 @@ template <class T> void norm(benchmark::State& state, norm_kind kind, pass which
   g.dweight = b.dweight.data();
   g.dbias = layernorm ? b.dbias.data() : nullptr;
   kern::gpu::device_buffer<std::byte> workspace(kern::gpu::norm_backward_workspace_bytes(g));
-  kern::bench::time_on_gpu(state, traffic<T>(which, rows, dim),
+  kern::bench::time_on_gpu(state, kern::bench::norm_traffic<T>(which, rows, dim),
                            [&](kern::gpu::stream_t s) { kern::gpu::norm_backward(g, workspace.data(), s); });
 }
 

@@ -10,29 +10,15 @@
 
 #include "gpu/gpu_bench.hpp"
 #include "kern/gpu/optimizer.hpp"
+#include "workloads.hpp"
 
 namespace {
 
 using kern::bf16;
 using kern::index_t;
+using kern::bench::gpt2_tensor_sizes;
 
 constexpr index_t gpt2_parameters = 124'439'808;
-
-// GPT-2 124M's parameter tensors in llm.c's order.
-std::vector<index_t> gpt2_tensor_sizes() {
-  constexpr index_t vocab = 50257, context = 1024, channels = 768, layers = 12;
-  std::vector<index_t> sizes{vocab * channels, context * channels};
-  for (index_t layer = 0; layer < layers; ++layer) {
-    for (index_t size :
-         {channels, channels, channels * 3 * channels, 3 * channels, channels * channels, channels, channels, channels,
-          channels * 4 * channels, 4 * channels, 4 * channels * channels, channels}) {
-      sizes.push_back(size);
-    }
-  }
-  sizes.push_back(channels);
-  sizes.push_back(channels);
-  return sizes;
-}
 
 // Where each tensor starts in the buffers: 256-byte aligned, as an allocator would place them.
 std::vector<index_t> offsets_of(const std::vector<index_t>& sizes) {
