@@ -142,6 +142,44 @@ template <class Arch, int MR> struct f32_fma_kernel {
   // panel p holds depth steps of MR values, dst[p * depth * MR + k * MR + i]; missing rows are 0.
   template <bool Round, class T>
   static void pack_a(const op_view<T>& a, index_t row0, index_t rows, index_t col0, index_t depth, float* dst) {
+    if (a.transposed) {
+      // Stored row k of A^T holds step k of every panel: read each row once, front to back, and
+      // deal its values out to the panels, asking for row k + 4 meanwhile. One stream alone
+      // reaches about half of what a core can read here (the hardware prefetchers stop at page
+      // boundaries): 288 x 16384 packed at 22 GB/s panel by panel, 40 GB/s row by row with the
+      // prefetch, which halved the time of a long, narrow weight gradient (288x16x16384).
+      constexpr index_t ahead = 4;
+      for (index_t k = 0; k < depth; ++k) {
+        const T* src = a.data + (col0 + k) * a.ld + row0;
+        if (k + ahead < depth) {
+          for (index_t offset = 0; offset < rows; offset += 64 / index_t{sizeof(T)}) {
+            __builtin_prefetch(src + ahead * a.ld + offset, 0, 3);
+          }
+        }
+        for (index_t p0 = 0; p0 < rows; p0 += MR) {
+          float* out = dst + (p0 / MR) * depth * MR + k * MR;
+#if defined(__AVX512F__)
+          if constexpr (fast_pack_rows<Round, T>) { // one masked load and store per panel
+            const index_t valid = std::min<index_t>(MR, rows - p0);
+            const auto load_mask = static_cast<__mmask16>((1u << valid) - 1u);
+            constexpr auto store_mask = static_cast<__mmask16>((1u << MR) - 1u);
+            _mm512_mask_storeu_ps(out, store_mask, _mm512_maskz_loadu_ps(load_mask, src + p0));
+            continue;
+          }
+#endif
+          if (p0 + MR <= rows) {
+            for (index_t i = 0; i < MR; ++i) {
+              out[i] = packed_value<Round>(src[p0 + i]);
+            }
+          } else {
+            for (index_t i = 0; i < MR; ++i) {
+              out[i] = p0 + i < rows ? packed_value<Round>(src[p0 + i]) : 0.0f;
+            }
+          }
+        }
+      }
+      return;
+    }
     for (index_t p0 = 0; p0 < rows; p0 += MR) {
       const index_t valid = std::min<index_t>(MR, rows - p0);
       float* panel = dst + (p0 / MR) * depth * MR;
@@ -151,22 +189,10 @@ template <class Arch, int MR> struct f32_fma_kernel {
           continue;
         }
       }
-      if (!a.transposed) {
-        for (index_t i = 0; i < MR; ++i) {
-          const T* src = a.data + (row0 + p0 + i) * a.ld + col0;
-          for (index_t k = 0; k < depth; ++k) {
-            panel[k * MR + i] = i < valid ? packed_value<Round>(src[k]) : 0.0f;
-          }
-        }
-      } else {
+      for (index_t i = 0; i < MR; ++i) {
+        const T* src = a.data + (row0 + p0 + i) * a.ld + col0;
         for (index_t k = 0; k < depth; ++k) {
-          const T* src = a.data + (col0 + k) * a.ld + row0 + p0;
-          for (index_t i = 0; i < valid; ++i) {
-            panel[k * MR + i] = packed_value<Round>(src[i]);
-          }
-          for (index_t i = valid; i < MR; ++i) {
-            panel[k * MR + i] = 0.0f;
-          }
+          panel[k * MR + i] = i < valid ? packed_value<Round>(src[k]) : 0.0f;
         }
       }
     }
