@@ -7,6 +7,8 @@
 //   a GPT-2-small layer, Y = X W with X M x K and W K x N, M in {256, 1024} tokens and
 //   (K, N) in {(768, 2304) qkv, (768, 768) attention out, (768, 3072) MLP up, (3072, 768) MLP down},
 //   and its backward: _dX, dX = dY W^T (trans_b), and _dW, dW += X^T dY (trans_a, beta = 1);
+//   a long, narrow weight gradient, 288x16x16384_dW: a rank-16 adapter on the 288-wide llama2.c
+//   model over 16384 tokens (too few output tiles for two threads: kern shares out K);
 //   _decode, one token against GPT-2's 768 x 50304 output projection, which streams the weights:
 //   it reports GBps of weight bytes besides GFLOPS.
 // Every impl of one shape is registered together (kern, openblas, onednn, eigen in turn), so that
@@ -428,6 +430,7 @@ const bool registered = [] {
       add_shape({.m = w.k, .n = w.n, .k = m, .trans_a = true, .beta = 1.0f, .tag = "dW"}, true); // dW += X^T dY
     }
   }
+  add_shape({.m = 288, .n = 16, .k = 16384, .trans_a = true, .beta = 1.0f, .tag = "dW"}, true);
   add_shape({.m = 1, .n = 50304, .k = 768, .tag = "decode"}, false);
   return true;
 }();

@@ -12,6 +12,7 @@
 // A and B are allocated to their last element exactly, so that an ASan build catches a read past them.
 // The ISA path is chosen by KERN_ISA (CMake runs this binary once per ISA); the log names it.
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -21,6 +22,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -37,7 +39,10 @@ using kern::ops::transpose;
 
 class describe_isa : public testing::Environment {
 public:
-  void SetUp() override { std::cout << "[ kern     ] " << kern::cpu::describe() << std::endl; }
+  void SetUp() override {
+    std::cout << "[ kern     ] " << kern::cpu::describe() << " | bf16 gemm kernel "
+              << kern::cpu::detail::gemm_bf16_kernel_name() << std::endl;
+  }
 };
 // NOLINTNEXTLINE(cert-err58-cpp): GoogleTest registers environments at static initialization
 [[maybe_unused]] testing::Environment* const isa_environment = testing::AddGlobalTestEnvironment(new describe_isa);
@@ -402,7 +407,8 @@ struct shape {
 
 // The shapes every type combination runs: all (M, N) pairs of a subset with every K (M = 1..4 and
 // 5 straddle the GEMV path), the diagonal, a few large ones (past the cache blocks in every
-// dimension, N past 1024), and the GEMV shapes of a transformer's decode step (M = 1..4, N = 3000).
+// dimension: K past 1024 and 2048, N past 1024), and the GEMV shapes of a transformer's decode step
+// (M = 1..4, N = 3000), one of them past several K blocks.
 std::vector<shape> sweep_shapes() {
   std::vector<shape> shapes;
   for (index_t m : {0, 1, 2, 3, 4, 5, 7, 15, 16, 17, 31, 33, 65, 129}) {
@@ -415,8 +421,8 @@ std::vector<shape> sweep_shapes() {
   for (index_t s : sizes) {
     shapes.push_back({s, s, s});
   }
-  for (shape s : {shape{1000, 257, 511}, shape{257, 1000, 129}, shape{511, 33, 1000}, shape{65, 1500, 257},
-                  shape{17, 2100, 65}, shape{600, 130, 400}}) {
+  for (shape s : {shape{1000, 257, 511}, shape{257, 1000, 129}, shape{511, 33, 2100}, shape{65, 1500, 257},
+                  shape{17, 2100, 65}, shape{600, 130, 1400}, shape{345, 70, 2500}, shape{3, 3000, 2100}}) {
     shapes.push_back(s);
   }
   for (index_t m : {1, 2, 3, 4}) {
@@ -472,7 +478,7 @@ std::vector<gemm_case> every_variant(gemm_compute compute) {
             }
           }
           gemm_case deep = c;
-          deep.k = 400;
+          deep.k = 2100;
           deep.alpha = -1.5f;
           deep.threads = 2;
           deep.pad = 3;
@@ -495,7 +501,7 @@ std::vector<gemm_case> exact_cases(gemm_compute compute) {
   constexpr epilogue epilogues[] = {epilogue::none, epilogue::bias, epilogue::residual, epilogue::residual_is_c};
   std::vector<gemm_case> cases;
   for (shape s : {shape{1, 1, 1000}, shape{7, 33, 1000}, shape{65, 17, 513}, shape{129, 257, 1000}, shape{33, 129, 1},
-                  shape{2, 3000, 768}, shape{300, 70, 999}}) {
+                  shape{2, 3000, 768}, shape{300, 70, 999}, shape{3, 70, 2500}, shape{200, 70, 2100}}) {
     for (bool ta : {false, true}) {
       for (bool tb : {false, true}) {
         gemm_case c{.m = s.m, .n = s.n, .k = s.k, .trans_a = ta, .trans_b = tb};
@@ -513,25 +519,58 @@ std::vector<gemm_case> exact_cases(gemm_compute compute) {
   return cases;
 }
 
+// Small M x N over a long K on two threads: too few tiles to share, so the K blocks are shared out
+// and the shares' sums added before the epilogue (beta, bias, GELU and the residual must still be
+// applied once). Normal inputs, and integer inputs that must come out exact.
+std::vector<gemm_case> k_shared_cases(gemm_compute compute) {
+  std::vector<gemm_case> cases;
+  for (shape s : {shape{40, 20, 4500}, shape{300, 32, 3100}, shape{7, 5, 3001}}) {
+    for (bool ta : {false, true}) {
+      for (bool tb : {false, true}) {
+        for (float beta : {0.0f, 1.0f, -1.5f}) {
+          for (epilogue e : all_epilogues) {
+            gemm_case c{.m = s.m, .n = s.n, .k = s.k, .trans_a = ta, .trans_b = tb, .alpha = -1.5f, .beta = beta};
+            c.epi = e;
+            c.threads = 2;
+            c.pad = 3;
+            c.compute = compute;
+            cases.push_back(c);
+            if (e != epilogue::gelu && e != epilogue::bias_gelu && e != epilogue::all) {
+              c.alpha = 0.5f;
+              c.data = values::integer;
+              cases.push_back(c);
+            }
+          }
+        }
+      }
+    }
+  }
+  return cases;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The tests: one group per type combination.
 
 TEST(CpuGemmF32, Shapes) { check_all<float, float, float>(sweep(gemm_compute::native)); }
 TEST(CpuGemmF32, EveryVariant) { check_all<float, float, float>(every_variant(gemm_compute::native)); }
 TEST(CpuGemmF32, IntegerInputsAreExact) { check_all<float, float, float>(exact_cases(gemm_compute::native)); }
+TEST(CpuGemmF32, KSharedOnTwoThreads) { check_all<float, float, float>(k_shared_cases(gemm_compute::native)); }
 
 TEST(CpuGemmBf16F32, Shapes) { check_all<bf16, bf16, float>(sweep(gemm_compute::native)); }
 TEST(CpuGemmBf16F32, EveryVariant) { check_all<bf16, bf16, float>(every_variant(gemm_compute::native)); }
 TEST(CpuGemmBf16F32, IntegerInputsAreExact) { check_all<bf16, bf16, float>(exact_cases(gemm_compute::native)); }
+TEST(CpuGemmBf16F32, KSharedOnTwoThreads) { check_all<bf16, bf16, float>(k_shared_cases(gemm_compute::native)); }
 
 TEST(CpuGemmBf16Bf16, Shapes) { check_all<bf16, bf16, bf16>(sweep(gemm_compute::native)); }
 TEST(CpuGemmBf16Bf16, EveryVariant) { check_all<bf16, bf16, bf16>(every_variant(gemm_compute::native)); }
 // The exact fp32 result rounded once to bf16.
 TEST(CpuGemmBf16Bf16, IntegerInputsRoundOnce) { check_all<bf16, bf16, bf16>(exact_cases(gemm_compute::native)); }
+TEST(CpuGemmBf16Bf16, KSharedOnTwoThreads) { check_all<bf16, bf16, bf16>(k_shared_cases(gemm_compute::native)); }
 
 TEST(CpuGemmF32ComputeBf16, Shapes) { check_all<float, float, float>(sweep(gemm_compute::bf16)); }
 TEST(CpuGemmF32ComputeBf16, EveryVariant) { check_all<float, float, float>(every_variant(gemm_compute::bf16)); }
 TEST(CpuGemmF32ComputeBf16, IntegerInputsAreExact) { check_all<float, float, float>(exact_cases(gemm_compute::bf16)); }
+TEST(CpuGemmF32ComputeBf16, KSharedOnTwoThreads) { check_all<float, float, float>(k_shared_cases(gemm_compute::bf16)); }
 
 // compute = bf16 really rounds the inputs: 1 + 2^-10 is not a bf16, and the rounded product differs.
 TEST(CpuGemmF32ComputeBf16, RoundsInputsToBf16) {
@@ -546,10 +585,29 @@ TEST(CpuGemmF32ComputeBf16, RoundsInputsToBf16) {
   EXPECT_EQ(c[0], (1.0f + 0x1p-10f) * (1.0f + 0x1p-10f));
 }
 
+// bf16 work runs on the kernel the ISA level calls for: the AMX kernel (emulated tiles in a
+// KERN_CPU_AMX_EMULATED build, from AVX512-BF16 up), the AVX512-BF16 kernel, or fp32 FMAs.
+TEST(CpuGemm, Bf16WorkRunsOnTheExpectedKernel) {
+  const kern::cpu::isa level = kern::cpu::active_isa();
+  std::string_view expected = "fp32 fma";
+#if defined(KERN_CPU_AMX_EMULATED)
+  if (level >= kern::cpu::isa::avx512_bf16) {
+    expected = "amx (emulated)";
+  }
+#else
+  if (level >= kern::cpu::isa::amx) {
+    expected = "amx";
+  } else if (level >= kern::cpu::isa::avx512_bf16) {
+    expected = "avx512_bf16";
+  }
+#endif
+  EXPECT_EQ(kern::cpu::detail::gemm_bf16_kernel_name(), expected) << "at ISA " << kern::cpu::name(level);
+}
+
 // The same call on the same data gives the same bits (runs must be reproducible).
 TEST(CpuGemm, RepeatedCallsAreBitIdentical) {
-  for (int threads : {1, 2}) {
-    const gemm_case k{.m = 130, .n = 300, .k = 500, .beta = 0.5f, .epi = epilogue::all, .threads = threads};
+  for (auto [m, n, k_depth, threads] : {std::array<int, 4>{130, 300, 500, 1}, {130, 300, 500, 2}, {40, 20, 2000, 2}}) {
+    const gemm_case k{.m = m, .n = n, .k = k_depth, .beta = 0.5f, .epi = epilogue::all, .threads = threads};
     const std::uint32_t seed = fresh_seed();
     SCOPED_TRACE((describe<float, float, float>(k, seed)));
     problem<float, float, float> x(k, seed);

@@ -33,11 +33,22 @@
   KERN_CPU_GEMM_PACK(ARCH, EXTERN, float)                                                                              \
   KERN_CPU_GEMM_PACK(ARCH, EXTERN, ::kern::bf16)                                                                       \
   EXTERN template std::size_t kern::cpu::detail::packed_b_bytes<ARCH>(::kern::dtype, ::kern::ops::gemm_compute,        \
-                                                                      ::kern::index_t, ::kern::index_t);
+                                                                      ::kern::index_t, ::kern::index_t);               \
+  EXTERN template const char* kern::cpu::detail::bf16_kernel_name<ARCH>();
 // NOLINTEND(bugprone-macro-parentheses)
 KERN_CPU_EXTERN_INSTANCES(KERN_CPU_GEMM_INSTANCES)
 
 namespace kern::cpu {
+
+namespace detail {
+
+// The micro-kernel that bf16 work (bf16 inputs, or f32 with compute = bf16) runs on in this process:
+// "amx", "amx (emulated)", "avx512_bf16" or "fp32 fma".
+inline std::string_view gemm_bf16_kernel_name() {
+  return dispatch([](auto arch) -> std::string_view { return bf16_kernel_name<decltype(arch)>(); });
+}
+
+} // namespace detail
 
 template <element_type TA, element_type TB, element_type TC>
 void gemm(const context& ctx, const ops::gemm_params<TA, TB, TC>& params) {

@@ -2,17 +2,21 @@
 //
 //   for jc in N by NC:                 pack op(B)[:, jc..] (all of K) once, threads share it (with a
 //                                      single row block, each panel is packed by its user instead)
-//     parallel over (ic in M by MC) x (a share of the NR panels):
+//     parallel over (ic in M by MC) x (a share of the NR panels) [x (a share of the K blocks)]:
 //       for pc in K by KC:             pack op(A)[ic.., pc..] into this thread's MC x KC block
 //         for jr over NR panels:       the kc x NR micro-panel of B
 //           for ir over MR panels:     micro-kernel, then the tile's epilogue
 //
-// With one block of rows (small M) the panels are split among threads instead, so that two
-// threads help even for 256-token shapes. For M <= 4 (decode) the kernel runs with MR = 4, and where
-// B can be read straight from its storage the small-M driver (small_m.hpp) streams it unpacked.
-// Each output element gets the same sequence of operations whatever the path (MR, packed or direct,
-// pre-packed B), so all of them give the same bits. fp32 partial sums carry between K blocks in C
-// itself (f32 output) or in a per-thread fp32 block (bf16 output, rounded once at the end).
+// With one block of rows (up to single_block_rows) the panels are split among threads instead, so
+// that two threads help even for 256-token shapes. When rows and panels still leave threads idle (a
+// small M x N over a long K: weight gradients of narrow layers), the K blocks are shared out too:
+// each share sums into its own fp32 block, and the blocks are added in share order before the
+// epilogue, so results depend on the shape and the thread count only. For M <= 4 (decode) the
+// kernel runs with MR = 4, and where B can be read straight from its storage the small-M driver
+// (small_m.hpp) streams it unpacked. Each output element gets the same sequence of operations
+// whatever the path (MR, packed or direct, pre-packed B), so all of them give the same bits. fp32
+// partial sums carry between K blocks in C itself (f32 output) or in a per-thread fp32 block (bf16
+// output, rounded once at the end).
 #pragma once
 
 #include <algorithm>
@@ -21,6 +25,7 @@
 
 #include "kern/core/threading.hpp"
 #include "kern/cpu/gemm/epilogue.hpp"
+#include "kern/cpu/gemm/kernel_amx.hpp"
 #include "kern/cpu/gemm/kernel_bf16.hpp"
 #include "kern/cpu/gemm/kernel_f32.hpp"
 #include "kern/cpu/gemm/small_m.hpp"
@@ -30,6 +35,10 @@
 namespace kern::cpu::detail {
 
 inline constexpr index_t small_m = 4;
+// Up to this many rows of A make one row block, packed M x KC and streamed by the micro-kernel from
+// L2 (or L3): splitting them would pack all of B first and read it back once per block, which cost
+// 15% on 256-row shapes on two threads.
+inline constexpr index_t single_block_rows = 336;
 
 // Elements of op(B) packed for the whole K x N by Kernel (what a pre-packed B holds).
 template <class Kernel> constexpr std::size_t packed_b_size(index_t k, index_t n) {
@@ -64,6 +73,33 @@ inline void prefetch_tile(const void* tile, index_t stride, index_t rows, index_
   }
 }
 
+// C[:, jc .. jc + nc) = epilogue(sum of the K shares' fp32 blocks, added in share order, + beta C).
+template <class Arch, class TA, class TB, class TC>
+void add_k_shares(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, index_t jc, index_t nc,
+                  const float* k_sums, index_t k_shares) {
+  constexpr index_t width = 256;
+  const index_t M = p.m();
+  parallel_for(ctx, M, [&](index_t row_begin, index_t row_end) {
+    alignas(64) float sum[width];
+    for (index_t i = row_begin; i < row_end; ++i) {
+      for (index_t j0 = 0; j0 < nc; j0 += width) {
+        const index_t cols = std::min(width, nc - j0);
+        const float* first = k_sums + i * nc + j0;
+        std::copy(first, first + cols, sum);
+        for (index_t s = 1; s < k_shares; ++s) {
+          const float* next = first + s * M * nc;
+          for (index_t j = 0; j < cols; ++j) {
+            sum[j] += next[j];
+          }
+        }
+        // The shares already hold alpha * AB: scale by 1, add beta * C, bias, GELU, residual.
+        const auto t = tile_target_at(p, i, jc + j0, 1.0f, true, true, nullptr, 0);
+        write_tile<Arch>(sum, width, 1, cols, t);
+      }
+    }
+  });
+}
+
 template <class Kernel, bool Round, class TA, class TB, class TC> void
 gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const typename Kernel::packed* prepacked_b) {
   using packed = typename Kernel::packed;
@@ -77,15 +113,21 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
       std::is_same_v<TC, float> && !(p.residual.data == p.c.data && p.residual.data != nullptr && K > Kernel::kc);
 
   const int threads = effective_threads(ctx);
-  // Row blocks of at most MC rows, as many as a multiple of the thread count when there are more
-  // blocks than threads, and of equal size (in whole MR panels): 1024 rows on 2 threads are 4
-  // blocks of 266, 266, 266, 226 rows, not 336, 336, 336, 16, which would leave one thread idle.
-  index_t ic_blocks = (M + Kernel::mc - 1) / Kernel::mc;
+  // Row blocks: one up to single_block_rows (each B panel then has one user, which packs it just
+  // before use); otherwise blocks of at most MC rows, as many as a multiple of the thread count
+  // when there are more blocks than threads, sharing the MR-row panels out evenly: 1024 rows on 2
+  // threads are 10 blocks of 7 or 8 panels, not 8 of 126 rows and a 16-row ninth, which would
+  // leave one thread idle.
+  const index_t m_panels = (M + MR - 1) / MR;
+  index_t ic_blocks = M <= single_block_rows ? 1 : (M + Kernel::mc - 1) / Kernel::mc;
   if (ic_blocks > threads) {
-    ic_blocks = (ic_blocks + threads - 1) / threads * threads;
+    ic_blocks = std::min(m_panels, (ic_blocks + threads - 1) / threads * threads);
   }
-  const index_t mc_even = ((M + ic_blocks - 1) / ic_blocks + MR - 1) / MR * MR;
-  ic_blocks = (M + mc_even - 1) / mc_even;
+  const auto row_block = [&](index_t block) {
+    const range panels_of_block = split_evenly(m_panels, static_cast<int>(ic_blocks), static_cast<int>(block));
+    return range{panels_of_block.begin * MR, std::min(M, panels_of_block.end * MR)};
+  };
+  const index_t max_block_rows = (m_panels + ic_blocks - 1) / ic_blocks * MR;
 
   for (index_t jc = 0; jc < N; jc += Kernel::nc) {
     const index_t nc = std::min<index_t>(Kernel::nc, N - jc);
@@ -102,28 +144,45 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
       packed_b = block;
     }
 
-    // Work items: an MC block of rows and a contiguous share of the panels.
+    // Work items: an MC block of rows, a contiguous share of the panels and a share of the K blocks.
     const index_t splits = std::clamp<index_t>((threads + ic_blocks - 1) / ic_blocks, 1, panels);
-    const index_t items = ic_blocks * splits;
+    const index_t k_blocks = (K + Kernel::kc - 1) / Kernel::kc;
+    const index_t k_shares = M > small_m ? std::clamp<index_t>(threads / (ic_blocks * splits), 1, k_blocks) : 1;
+    const index_t items = ic_blocks * splits * k_shares;
+    // Sums of each K share when there are several: share s at k_sums + s * M * nc, rows nc apart.
+    float* k_sums = k_shares > 1
+                        ? thread_workspace<typename Kernel::arch, 6, float>(static_cast<std::size_t>(k_shares * M * nc))
+                        : nullptr;
     parallel_region(context(static_cast<int>(std::min<index_t>(threads, items))), [&](int thread, int thread_count) {
       using arch = typename Kernel::arch;
-      packed* packed_a = thread_workspace<arch, 1, packed>(static_cast<std::size_t>(Kernel::mc) * Kernel::kc + 64);
+      if constexpr (requires { Kernel::prepare_thread(); }) {
+        Kernel::prepare_thread(); // per-thread state the kernel needs (a tile configuration)
+      }
+      packed* packed_a = thread_workspace<arch, 1, packed>(
+          static_cast<std::size_t>(max_block_rows * Kernel::padded_depth(Kernel::kc)) + 64);
       packed* panel_b = thread_workspace<arch, 3, packed>(static_cast<std::size_t>(Kernel::kc + 1) * NR);
       alignas(64) float tile[MR * NR];
       for (index_t item = thread; item < items; item += thread_count) {
-        const index_t ic = (item / splits) * mc_even, mc = std::min<index_t>(mc_even, M - ic);
-        const range share = split_evenly(panels, static_cast<int>(splits), static_cast<int>(item % splits));
+        const index_t k_share = item % k_shares, column_item = item / k_shares;
+        const range rows = row_block(column_item / splits);
+        const index_t ic = rows.begin, mc = rows.end - rows.begin;
+        const range share = split_evenly(panels, static_cast<int>(splits), static_cast<int>(column_item % splits));
+        const range k_range = split_evenly(k_blocks, static_cast<int>(k_shares), static_cast<int>(k_share));
         const index_t j0 = share.begin * NR, j1 = std::min<index_t>(nc, share.end * NR);
         if (j0 >= j1) {
           continue;
         }
         float* partial = nullptr;
         index_t ld_partial = 0;
-        if (!partial_in_c) {
+        if (k_shares > 1) {
+          ld_partial = nc;
+          partial = k_sums + k_share * M * nc + ic * nc + j0;
+        } else if (!partial_in_c) {
           ld_partial = j1 - j0;
           partial = thread_workspace<arch, 2, float>(static_cast<std::size_t>(mc * ld_partial));
         }
-        for (index_t pc = 0; pc < K; pc += Kernel::kc) {
+        const index_t pc_begin = k_range.begin * Kernel::kc, pc_end = std::min(K, k_range.end * Kernel::kc);
+        for (index_t pc = pc_begin; pc < pc_end; pc += Kernel::kc) {
           const index_t kc = std::min<index_t>(Kernel::kc, K - pc);
           const index_t depth = Kernel::padded_depth(kc);
           Kernel::template pack_a<Round>(a, ic, mc, pc, kc, packed_a);
@@ -136,8 +195,11 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
             }
             for (index_t ir = 0; ir < mc; ir += MR) {
               const packed* a_panel = packed_a + (ir / MR) * depth * MR;
-              const auto t = tile_target_at(p, ic + ir, jc + jr, p.alpha, pc == 0, pc + kc == K,
-                                            partial_in_c ? nullptr : partial + ir * ld_partial + (jr - j0), ld_partial);
+              auto t = tile_target_at(p, ic + ir, jc + jr, p.alpha, pc == pc_begin, pc + kc == K && k_shares == 1,
+                                      partial == nullptr ? nullptr : partial + ir * ld_partial + (jr - j0), ld_partial);
+              if (k_shares > 1) {
+                t.beta = 0.0f; // a share's own sums; beta * C joins once, when the shares are added
+              }
               // The tile's rows of partial sums (C itself for f32) arrive while the kernel computes.
               prefetch_tile(t.partial, t.ld_partial * index_t{sizeof(float)}, std::min<index_t>(MR, mc - ir),
                             nr * index_t{sizeof(float)});
@@ -148,6 +210,9 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
         }
       }
     });
+    if (k_shares > 1) {
+      add_k_shares<typename Kernel::arch>(context(threads), p, jc, nc, k_sums, k_shares);
+    }
   }
 }
 
@@ -163,8 +228,9 @@ template <class Arch, class TA, class TB, class TC> void gemm_epilogue_only(cons
   }
 }
 
-// The bf16 pair kernel runs bf16 work where the CPU has AVX512-BF16 and KERN_ISA allows it; the
-// fp32 FMA kernel runs everything else.
+// The bf16 pair kernel runs bf16 work where the CPU has AVX512-BF16 and KERN_ISA allows it, the
+// AMX kernel instead where the CPU has AMX (or, in an emulated build, wherever the pair kernel
+// would run); the fp32 FMA kernel runs everything else.
 template <class Arch> constexpr bool has_bf16_dot_kernel() {
 #if defined(KERN_HAVE_BF16_DOT_KERNEL)
   return isa_of<Arch>() >= isa::avx512;
@@ -178,10 +244,49 @@ template <class Arch> bool use_bf16_dot(dtype b_type, ops::gemm_compute compute)
          active_isa() >= isa::avx512_bf16;
 }
 
+template <class Arch> constexpr bool has_amx_kernel() {
+#if defined(KERN_HAVE_AMX_KERNEL)
+  return has_bf16_dot_kernel<Arch>();
+#else
+  return false;
+#endif
+}
+
+// Whether bf16 work (use_bf16_dot) goes to the AMX kernel: all of it does, every M, so that small
+// M and a pre-packed B give the same bits as the blocked path.
+template <class Arch> bool use_amx() {
+#if defined(KERN_HAVE_AMX_KERNEL)
+  return has_amx_kernel<Arch>() && active_isa() >= amx_kernel_isa;
+#else
+  return false;
+#endif
+}
+
+// The kernel that bf16 work runs on in this process at this ISA (kern::cpu::detail::gemm_bf16_kernel_name()).
+template <class Arch> const char* bf16_kernel_name() {
+  if (!use_bf16_dot<Arch>(dtype::bf16, ops::gemm_compute::native)) {
+    return "fp32 fma";
+  }
+#if defined(KERN_HAVE_AMX_KERNEL)
+  if (use_amx<Arch>()) {
+    return amx_kernel<Arch>::tiles::name;
+  }
+#endif
+  return "avx512_bf16";
+}
+
 // Calls fn(kernel{}, round) with the kernel type, for M rows and the chosen kernel family.
 template <class Arch, class Fn> void with_kernel(bool dot, bool small, bool round, Fn&& fn) {
   using tag_round = std::true_type;
   using tag_exact = std::false_type;
+#if defined(KERN_HAVE_AMX_KERNEL)
+  if constexpr (has_amx_kernel<Arch>()) {
+    if (dot && use_amx<Arch>()) { // MR = 32 for every M; rounds to bf16 itself, as the pair kernel
+      fn(amx_kernel<Arch>{}, tag_exact{});
+      return;
+    }
+  }
+#endif
 #if defined(KERN_HAVE_BF16_DOT_KERNEL)
   if constexpr (has_bf16_dot_kernel<Arch>()) {
     if (dot) { // rounds to bf16 itself: one instance serves both modes
@@ -230,6 +335,11 @@ void gemm_run(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const v
 // Packs all of op(B) (k x n) for gemm_run into `dst`, which holds packed_b_bytes<Arch>(...) bytes.
 template <class Arch> std::size_t packed_b_bytes(dtype b_type, ops::gemm_compute compute, index_t k, index_t n) {
   if (use_bf16_dot<Arch>(b_type, compute)) {
+#if defined(KERN_HAVE_AMX_KERNEL)
+    if (use_amx<Arch>()) {
+      return packed_b_size<amx_kernel<Arch>>(k, n) * sizeof(std::uint16_t);
+    }
+#endif
 #if defined(KERN_HAVE_BF16_DOT_KERNEL)
     return packed_b_size<bf16_dot_kernel<Arch, 14>>(k, n) * sizeof(std::uint16_t);
 #endif
