@@ -59,6 +59,10 @@ template <class Arch, int MR> struct bf16_dot_kernel {
   template <bool Round, class T>
   static void pack_a(const op_view<T>& a, index_t row0, index_t rows, index_t col0, index_t depth, packed* dst) {
     const index_t pd = padded_depth(depth);
+    if (a.transposed) {
+      pack_a_transposed(a, row0, rows, col0, depth, dst);
+      return;
+    }
     for (index_t p0 = 0; p0 < rows; p0 += MR) {
       const index_t valid = std::min<index_t>(MR, rows - p0);
       packed* panel = dst + (p0 / MR) * pd * MR;
@@ -84,6 +88,50 @@ template <class Arch, int MR> struct bf16_dot_kernel {
         for (index_t i = 0; i < MR; ++i) {
           out[2 * i] = (i < valid && k < depth) ? bf16_bits(a(row0 + p0 + i, col0 + k)) : packed{0};
         }
+      }
+    }
+  }
+
+  // Up to 16 values of a stored row as bf16 in the low half of a register (zeros past `count`).
+  template <class T> static __m256i load_bf16x16(const T* src, index_t count) {
+    const auto mask = static_cast<__mmask16>((1u << count) - 1u);
+    if constexpr (std::is_same_v<T, bf16>) {
+      return _mm256_maskz_loadu_epi16(mask, src);
+    } else {
+      const __m256bh rounded = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, src));
+      return reinterpret_cast<const __m256i&>(rounded);
+    }
+  }
+
+  // op(A) = A^T: stored rows k and k + 1 hold the k pair of every panel. Read them once, front to
+  // back (asking for the pair four rows ahead), and interleave each panel's MR values of the two
+  // rows into its pair slots: panel by panel, reading MR values from each row, was a fifth of the
+  // speed on a long, narrow weight gradient (288 x 16 x 16384: 6.7 ms against 1.3 ms for A itself).
+  template <class T> static void pack_a_transposed(const op_view<T>& a, index_t row0, index_t rows, index_t col0,
+                                                   index_t depth, packed* dst) {
+    // Lane 2i takes value i of row k (index i), lane 2i + 1 value i of row k + 1 (index 16 + i).
+    alignas(64) static constexpr std::uint16_t interleave[32] = {0,  16, 1,  17, 2,  18, 3,  19, 4,  20, 5,
+                                                                 21, 6,  22, 7,  23, 8,  24, 9,  25, 10, 26,
+                                                                 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    const __m512i order = _mm512_load_si512(interleave);
+    constexpr auto pair_mask = static_cast<__mmask32>((std::uint64_t{1} << (2 * MR)) - 1u);
+    constexpr index_t ahead = 4;
+    const index_t pd = padded_depth(depth);
+    for (index_t k = 0; k < depth; k += 2) {
+      const T* row_k = a.data + (col0 + k) * a.ld + row0;
+      const T* row_k1 = k + 1 < depth ? row_k + a.ld : nullptr;
+      if (k + ahead + 1 < depth) {
+        for (index_t offset = 0; offset < rows; offset += 64 / index_t{sizeof(T)}) {
+          __builtin_prefetch(row_k + ahead * a.ld + offset, 0, 3);
+          __builtin_prefetch(row_k + (ahead + 1) * a.ld + offset, 0, 3);
+        }
+      }
+      for (index_t p0 = 0; p0 < rows; p0 += MR) {
+        const index_t valid = std::min<index_t>(MR, rows - p0);
+        const __m256i first = load_bf16x16(row_k + p0, valid);
+        const __m256i second = row_k1 != nullptr ? load_bf16x16(row_k1 + p0, valid) : _mm256_setzero_si256();
+        const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1);
+        _mm512_mask_storeu_epi16(dst + (p0 / MR) * pd * MR + k * MR, pair_mask, _mm512_permutexvar_epi16(order, both));
       }
     }
   }
