@@ -38,7 +38,7 @@ inline constexpr index_t small_m = 4;
 // Up to this many rows of A make one row block, packed M x KC and streamed by the micro-kernel from
 // L2 (or L3), when B has more than a few panels: splitting the rows would pack all of B first and
 // read it back once per block, which cost 15% on 256-row shapes on two threads. A narrow B is cheap
-// to share, and MC blocks keep packed A in L2 (288 x 16 x 16384: 3.0 ms as one block, 1.? ms in MC
+// to share, and MC blocks keep packed A in L2 (288 x 16 x 16384: 3.1 ms as one block, 2.5 ms in MC
 // blocks).
 inline constexpr index_t single_block_rows = 336;
 inline constexpr index_t single_block_min_panels = 4;
@@ -118,10 +118,10 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
 
   const int threads = effective_threads(ctx);
   // Row blocks: one up to single_block_rows rows when B is wider than a few panels (each B panel
-  // then has one user, which packs it just before use); otherwise blocks of at most MC rows, as many as a multiple of the thread count
-  // when there are more blocks than threads, sharing the MR-row panels out evenly: 1024 rows on 2
-  // threads are 10 blocks of 7 or 8 panels, not 8 of 126 rows and a 16-row ninth, which would
-  // leave one thread idle.
+  // then has one user, which packs it just before use); otherwise blocks of at most MC rows, as
+  // many as a multiple of the thread count when there are more blocks than threads, sharing the
+  // MR-row panels out evenly: 1024 rows on 2 threads are 10 blocks of 7 or 8 panels, not 8 of 126
+  // rows and a 16-row ninth, which would leave one thread idle.
   const index_t m_panels = (M + MR - 1) / MR;
   const bool single_block = M <= single_block_rows && N > single_block_min_panels * NR;
   index_t ic_blocks = single_block ? 1 : (M + Kernel::mc - 1) / Kernel::mc;
