@@ -119,14 +119,10 @@ template <class Arch, int MR> struct bf16_dot_kernel {
     // pairs written in one run (as in the fp32 kernel: the panels share L1 sets at KC = 1024).
     constexpr index_t chunk = 16;
     const index_t pd = padded_depth(depth);
-    const index_t lines_per_row = (rows * index_t{sizeof(T)} + 63) / 64;
     for (index_t k0 = 0; k0 < depth; k0 += chunk) {
       const index_t k1 = std::min(depth, k0 + chunk);
-      for (index_t k = k1; k < std::min(depth, k1 + chunk); ++k) {
-        const char* next = reinterpret_cast<const char*>(a.data + (col0 + k) * a.ld + row0);
-        for (index_t line = 0; line < lines_per_row; ++line) {
-          __builtin_prefetch(next + line * 64, 0, 3);
-        }
+      if (k1 < depth) {
+        prefetch_rows(a.data + (col0 + k1) * a.ld + row0, a.ld, std::min(depth, k1 + chunk) - k1, rows);
       }
       for (index_t p0 = 0; p0 < rows; p0 += MR) {
         const index_t valid = std::min<index_t>(MR, rows - p0);

@@ -37,6 +37,18 @@ template <class T> struct op_view {
   const T& operator()(index_t r, index_t c) const { return transposed ? data[c * ld + r] : data[r * ld + c]; }
 };
 
+// Asks into L1 for `rows` rows (`ld` apart) of `count` values from `first`: the next chunk of a
+// transposed-A pack, while the current one is dealt out to the panels.
+template <class T> inline void prefetch_rows(const T* first, index_t ld, index_t rows, index_t count) {
+  const index_t lines = (count * index_t{sizeof(T)} + 63) / 64;
+  for (index_t r = 0; r < rows; ++r) {
+    const char* row = reinterpret_cast<const char*>(first + r * ld);
+    for (index_t line = 0; line < lines; ++line) {
+      __builtin_prefetch(row + line * 64, 0, 3);
+    }
+  }
+}
+
 // The value the fp32 micro-kernel multiplies: the element widened to float, or rounded through bf16.
 template <bool RoundToBf16, class T> inline float packed_value(T x) {
   if constexpr (RoundToBf16) {
@@ -153,14 +165,10 @@ template <class Arch, int MR> struct f32_fma_kernel {
       // k before step k + 1 (21 write streams whose panels lie a multiple of 4 KiB apart at
       // KC = 1024, so in the same L1 sets) fell to 11 GB/s.
       constexpr index_t chunk = 16;
-      const index_t lines_per_row = (rows * index_t{sizeof(T)} + 63) / 64;
       for (index_t k0 = 0; k0 < depth; k0 += chunk) {
         const index_t k1 = std::min(depth, k0 + chunk);
-        for (index_t k = k1; k < std::min(depth, k1 + chunk); ++k) {
-          const char* next = reinterpret_cast<const char*>(a.data + (col0 + k) * a.ld + row0);
-          for (index_t line = 0; line < lines_per_row; ++line) {
-            __builtin_prefetch(next + line * 64, 0, 3);
-          }
+        if (k1 < depth) {
+          prefetch_rows(a.data + (col0 + k1) * a.ld + row0, a.ld, std::min(depth, k1 + chunk) - k1, rows);
         }
         for (index_t p0 = 0; p0 < rows; p0 += MR) {
           const index_t valid = std::min<index_t>(MR, rows - p0);
