@@ -8,7 +8,7 @@
 //   (K, N) in {(768, 2304) qkv, (768, 768) attention out, (768, 3072) MLP up, (3072, 768) MLP down},
 //   and its backward: _dX, dX = dY W^T (trans_b), and _dW, dW += X^T dY (trans_a, beta = 1);
 //   a long, narrow weight gradient, 288x16x16384_dW: a rank-16 adapter on the 288-wide llama2.c
-//   model over 16384 tokens (too few output tiles for two threads: kern shares out K);
+//   model over 16384 tokens (one micro-panel of B: the rows are what the threads share);
 //   _decode, one token against GPT-2's 768 x 50304 output projection, which streams the weights:
 //   it reports GBps of weight bytes besides GFLOPS.
 // Every impl of one shape is registered together (kern, openblas, onednn, eigen in turn), so that
