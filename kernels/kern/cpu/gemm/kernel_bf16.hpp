@@ -117,17 +117,13 @@ template <class Arch, int MR> struct bf16_dot_kernel {
     constexpr auto pair_mask = static_cast<__mmask32>((std::uint64_t{1} << (2 * MR)) - 1u);
     // Sixteen rows (eight pairs) at a time, the next sixteen asked for meanwhile, each panel's eight
     // pairs written in one run (as in the fp32 kernel: the panels share L1 sets at KC = 1024).
-    constexpr index_t chunk = 16;
     const index_t pd = padded_depth(depth);
-    for (index_t k0 = 0; k0 < depth; k0 += chunk) {
-      const index_t k1 = std::min(depth, k0 + chunk);
-      if (k1 < depth) {
-        prefetch_rows(a.data + (col0 + k1) * a.ld + row0, a.ld, std::min(depth, k1 + chunk) - k1, rows);
-      }
+    const T* first = a.data + col0 * a.ld + row0;
+    for_each_row_chunk(first, a.ld, depth, rows, [&](index_t k0, index_t k1) {
       for (index_t p0 = 0; p0 < rows; p0 += MR) {
         const index_t valid = std::min<index_t>(MR, rows - p0);
         for (index_t k = k0; k < k1; k += 2) {
-          const T* row_k = a.data + (col0 + k) * a.ld + row0 + p0;
+          const T* row_k = first + k * a.ld + p0;
           const __m256i first = load_bf16x16(row_k, valid);
           const __m256i second = k + 1 < depth ? load_bf16x16(row_k + a.ld, valid) : _mm256_setzero_si256();
           const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1);
@@ -135,7 +131,7 @@ template <class Arch, int MR> struct bf16_dot_kernel {
                                    _mm512_permutexvar_epi16(order, both));
         }
       }
-    }
+    });
   }
 
   // One 32-column micro-panel of k pairs: panel[(k / 2) * 64 + 2 * j + (k % 2)].

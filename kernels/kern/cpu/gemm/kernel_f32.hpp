@@ -37,15 +37,22 @@ template <class T> struct op_view {
   const T& operator()(index_t r, index_t c) const { return transposed ? data[c * ld + r] : data[r * ld + c]; }
 };
 
-// Asks into L1 for `rows` rows (`ld` apart) of `count` values from `first`: the next chunk of a
-// transposed-A pack, while the current one is dealt out to the panels.
-template <class T> inline void prefetch_rows(const T* first, index_t ld, index_t rows, index_t count) {
+// The stored rows [0, depth) of A^T (row k at first + k * ld, `count` values used from each), in
+// chunks of sixteen: body(k0, k1) deals rows [k0, k1) out to the panels while the next sixteen are
+// asked into L1. Both transposed-A packs walk their rows this way.
+template <class T, class Body>
+inline void for_each_row_chunk(const T* first, index_t ld, index_t depth, index_t count, Body&& body) {
+  constexpr index_t chunk = 16; // even: a chunk holds whole k pairs
   const index_t lines = (count * index_t{sizeof(T)} + 63) / 64;
-  for (index_t r = 0; r < rows; ++r) {
-    const char* row = reinterpret_cast<const char*>(first + r * ld);
-    for (index_t line = 0; line < lines; ++line) {
-      __builtin_prefetch(row + line * 64, 0, 3);
+  for (index_t k0 = 0; k0 < depth; k0 += chunk) {
+    const index_t k1 = std::min(depth, k0 + chunk);
+    for (index_t k = k1; k < std::min(depth, k1 + chunk); ++k) {
+      const char* row = reinterpret_cast<const char*>(first + k * ld);
+      for (index_t line = 0; line < lines; ++line) {
+        __builtin_prefetch(row + line * 64, 0, 3);
+      }
     }
+    body(k0, k1);
   }
 }
 
@@ -164,17 +171,13 @@ template <class Arch, int MR> struct f32_fma_kernel {
       // reading MR values from each row, panel by panel, reached 22; and writing every panel's step
       // k before step k + 1 (21 write streams whose panels lie a multiple of 4 KiB apart at
       // KC = 1024, so in the same L1 sets) fell to 11 GB/s.
-      constexpr index_t chunk = 16;
-      for (index_t k0 = 0; k0 < depth; k0 += chunk) {
-        const index_t k1 = std::min(depth, k0 + chunk);
-        if (k1 < depth) {
-          prefetch_rows(a.data + (col0 + k1) * a.ld + row0, a.ld, std::min(depth, k1 + chunk) - k1, rows);
-        }
+      const T* first = a.data + col0 * a.ld + row0;
+      for_each_row_chunk(first, a.ld, depth, rows, [&](index_t k0, index_t k1) {
         for (index_t p0 = 0; p0 < rows; p0 += MR) {
           const index_t valid = std::min<index_t>(MR, rows - p0);
           float* panel = dst + (p0 / MR) * depth * MR;
           for (index_t k = k0; k < k1; ++k) {
-            const T* src = a.data + (col0 + k) * a.ld + row0 + p0;
+            const T* src = first + k * a.ld + p0;
             float* out = panel + k * MR;
 #if defined(__AVX512F__)
             if constexpr (fast_pack_rows<Round, T>) { // one masked load and store
@@ -189,7 +192,7 @@ template <class Arch, int MR> struct f32_fma_kernel {
             }
           }
         }
-      }
+      });
       return;
     }
     for (index_t p0 = 0; p0 < rows; p0 += MR) {
