@@ -1,7 +1,8 @@
 // The CPU GEMM driver: BLIS's loops around a micro-kernel, for one ISA (Arch) and one kernel.
 //
 //   for jc in N by NC:                 pack op(B)[:, jc..] (all of K) once, threads share it (with a
-//                                      single row block, each panel is packed by its user instead)
+//                                      single row block, N is one block and each panel is packed by
+//                                      its user instead)
 //     parallel over (ic in M by MC) x (a share of the NR panels) [x (a share of the K blocks)]:
 //       for pc in K by KC:             pack op(A)[ic.., pc..] into this thread's MC x KC block
 //         for jr over NR panels:       the kc x NR micro-panel of B
@@ -56,14 +57,45 @@ template <class Kernel, bool Round, class TB> void pack_b_block(const context& c
   constexpr int NR = Kernel::nr;
   const index_t panels = (nc + NR - 1) / NR;
   const index_t k_blocks = (K + Kernel::kc - 1) / Kernel::kc;
-  parallel_for(ctx, k_blocks * panels, [&](index_t begin, index_t end) {
+  // Jobs of four adjacent panels where the kernel packs several in one pass over the rows of B.
+  constexpr bool grouped = requires { Kernel::template pack_b_panels<Round>(b, 0, 0, 0, 0, 1, dst, 0); };
+  constexpr index_t group = grouped ? 4 : 1;
+  const index_t groups = (panels + group - 1) / group;
+  parallel_for(ctx, k_blocks * groups, [&](index_t begin, index_t end) {
     for (index_t job = begin; job < end; ++job) {
-      const index_t pc = (job / panels) * Kernel::kc, panel = job % panels;
+      const index_t pc = (job / groups) * Kernel::kc, panel = (job % groups) * group;
       const index_t kc = std::min<index_t>(Kernel::kc, K - pc);
-      Kernel::template pack_b<Round>(b, pc, kc, jc + panel * NR, nc - panel * NR,
-                                     dst + pc * panels * NR + panel * Kernel::padded_depth(kc) * NR);
+      const index_t panel_size = Kernel::padded_depth(kc) * NR;
+      typename Kernel::packed* first = dst + pc * panels * NR + panel * panel_size;
+      if constexpr (grouped) {
+        const int count = static_cast<int>(std::min(group, panels - panel));
+        Kernel::template pack_b_panels<Round>(b, pc, kc, jc + panel * NR, nc - panel * NR, count, first, panel_size);
+      } else {
+        Kernel::template pack_b<Round>(b, pc, kc, jc + panel * NR, nc - panel * NR, first);
+      }
     }
   });
+}
+
+// Room for one micro-panel of B packed on use (the f32 kernel packs two at a time).
+template <class Kernel> constexpr index_t b_slot_size = (Kernel::kc + 1) * Kernel::nr;
+
+// Packs the B micro-panel number `index` of a thread's share (columns from col, `cols` there) for its
+// one user and returns it. Where the kernel can, an even panel is packed together with the next one
+// (has_next), which the odd index then finds already in the second slot.
+template <class Kernel, bool Round, class TB>
+const typename Kernel::packed* pack_b_for_use(const op_view<TB>& b, index_t row0, index_t depth, index_t col,
+                                              index_t cols, bool has_next, index_t index,
+                                              typename Kernel::packed* slots) {
+  if constexpr (requires { Kernel::template pack_b_panels<Round>(b, row0, depth, col, cols, 1, slots, 0); }) {
+    if (index % 2 == 0) {
+      Kernel::template pack_b_panels<Round>(b, row0, depth, col, cols, has_next ? 2 : 1, slots, b_slot_size<Kernel>);
+    }
+    return slots + (index % 2) * b_slot_size<Kernel>;
+  } else {
+    Kernel::template pack_b<Round>(b, row0, depth, col, cols, slots);
+    return slots;
+  }
 }
 
 // Asks for the cache lines of a rows x bytes tile (row stride `stride` bytes) ahead of its use,
@@ -134,12 +166,15 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
   };
   const index_t max_block_rows = (m_panels + ic_blocks - 1) / ic_blocks * MR;
 
-  for (index_t jc = 0; jc < N; jc += Kernel::nc) {
-    const index_t nc = std::min<index_t>(Kernel::nc, N - jc);
+  // With one block of rows every panel of B has a single user, which packs it just before use (into
+  // L1/L2, no trip through memory), and all of N is one column block: NC bounds only the shared
+  // packed B, and each further column block would pack A again. Otherwise all of op(B)[:, jc..] is
+  // packed first and shared.
+  const bool pack_b_on_use = prepacked_b == nullptr && ic_blocks == 1;
+  const index_t column_block = pack_b_on_use ? N : index_t{Kernel::nc};
+  for (index_t jc = 0; jc < N; jc += column_block) {
+    const index_t nc = std::min<index_t>(column_block, N - jc);
     const index_t panels = (nc + NR - 1) / NR;
-    // With one block of rows every panel of B has a single user, which packs it just before use
-    // (into L1/L2, no trip through memory). Otherwise all of op(B)[:, jc..] is packed first and shared.
-    const bool pack_b_on_use = prepacked_b == nullptr && ic_blocks == 1;
     const packed* packed_b = nullptr;
     if (prepacked_b != nullptr) {
       packed_b = prepacked_b + (jc / NR) * Kernel::padded_depth(K) * NR;
@@ -165,7 +200,7 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
       }
       packed* packed_a = thread_workspace<arch, 1, packed>(
           static_cast<std::size_t>(max_block_rows * Kernel::padded_depth(Kernel::kc)) + 64);
-      packed* panel_b = thread_workspace<arch, 3, packed>(static_cast<std::size_t>(Kernel::kc + 1) * NR);
+      packed* panel_b = thread_workspace<arch, 3, packed>(static_cast<std::size_t>(2 * b_slot_size<Kernel>));
       alignas(64) float tile[MR * NR];
       for (index_t item = thread; item < items; item += thread_count) {
         const index_t k_share = item % k_shares, column_item = item / k_shares;
@@ -195,8 +230,8 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
             const index_t nr = std::min<index_t>(NR, j1 - jr);
             const packed* b_panel = packed_b + pc * panels * NR + (jr / NR) * depth * NR;
             if (pack_b_on_use) {
-              Kernel::template pack_b<Round>(b, pc, kc, jc + jr, nc - jr, panel_b);
-              b_panel = panel_b;
+              b_panel =
+                  pack_b_for_use<Kernel, Round>(b, pc, kc, jc + jr, nc - jr, jr + NR < j1, (jr - j0) / NR, panel_b);
             }
             for (index_t ir = 0; ir < mc; ir += MR) {
               const packed* a_panel = packed_a + (ir / MR) * depth * MR;
@@ -217,8 +252,21 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
                 prefetch_tile(t.partial + MR * t.ld_partial, row_bytes, std::min<index_t>(MR, mc - ir - MR),
                               tile_bytes);
               }
-              Kernel::run(kc, a_panel, b_panel, Kernel::panel_ld, tile);
-              write_tile<arch>(tile, NR, std::min<index_t>(MR, mc - ir), nr, t);
+              const bool full_tile = ir + MR <= mc && nr == NR;
+              if constexpr (requires(const packed* x) { Kernel::run_rows(kc, x, x, NR, [](index_t, auto, auto) {}); }) {
+                if (full_tile && !(t.last && has_epilogue(t))) { // C is updated from the registers
+                  Kernel::run_rows(kc, a_panel, b_panel, Kernel::panel_ld,
+                                   [&](index_t i, auto first, auto second) { finish_row<arch>(t, i, first, second); });
+                  continue;
+                }
+              }
+              const index_t rows = std::min<index_t>(MR, mc - ir);
+              if constexpr (requires(const packed* x) { Kernel::run_partial(rows, kc, x, x, NR, tile); }) {
+                Kernel::run_partial(rows, kc, a_panel, b_panel, Kernel::panel_ld, tile);
+              } else {
+                Kernel::run(kc, a_panel, b_panel, Kernel::panel_ld, tile);
+              }
+              write_tile<arch>(tile, NR, rows, nr, t);
             }
           }
         }

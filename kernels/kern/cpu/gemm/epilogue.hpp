@@ -61,9 +61,15 @@ tile_target<TC> tile_target_at(const ops::gemm_params<TA, TB, TC>& p, index_t ro
   return t;
 }
 
+// Whether the last K block adds anything after the sums (bias, GELU, residual).
+template <class TC> bool has_epilogue(const tile_target<TC>& t) {
+  return t.bias != nullptr || t.gelu || t.residual != nullptr;
+}
+
 // One element or one vector of the tile through the whole update; V is float or a batch, and the
-// loads and stores are passed in so that both widths share the arithmetic.
-template <class V, class TC, class Load, class Store>
+// loads and stores are passed in so that both widths share the arithmetic. Without Epilogue the
+// caller has made sure that the tile has none (!t.last or !has_epilogue(t)).
+template <bool Epilogue = true, class V, class TC, class Load, class Store>
 void finish_element(const tile_target<TC>& t, V acc, index_t i, index_t j, Load load, Store store) {
   V v = V(t.alpha) * acc;
   if (!t.first) {
@@ -75,16 +81,30 @@ void finish_element(const tile_target<TC>& t, V acc, index_t i, index_t j, Load 
     store(t.partial + i * t.ld_partial + j, v);
     return;
   }
-  if (t.bias != nullptr) {
-    v = v + load(t.bias + j);
-  }
-  if (t.gelu) {
-    v = gelu_tanh(v);
-  }
-  if (t.residual != nullptr) {
-    v = v + load(t.residual + i * t.ld_residual + j);
+  if constexpr (Epilogue) {
+    if (t.bias != nullptr) {
+      v = v + load(t.bias + j);
+    }
+    if (t.gelu) {
+      v = gelu_tanh(v);
+    }
+    if (t.residual != nullptr) {
+      v = v + load(t.residual + i * t.ld_residual + j);
+    }
   }
   store(t.c + i * t.ldc + j, v);
+}
+
+// Row i of a full tile with no epilogue, straight from the kernel's registers: the same arithmetic
+// as write_tile, without the trip through memory.
+template <class Arch, class TC> void finish_row(const tile_target<TC>& t, index_t i, xsimd::batch<float, Arch> first,
+                                                xsimd::batch<float, Arch> second) {
+  using batch = xsimd::batch<float, Arch>;
+  constexpr index_t lanes = static_cast<index_t>(batch::size);
+  const auto load = [](const auto* p) { return load_float<Arch>(p); };
+  const auto store = [](auto* p, batch v) { store_from_float<Arch>(p, v); };
+  finish_element<false>(t, first, i, 0, load, store);
+  finish_element<false>(t, second, i, lanes, load, store);
 }
 
 // Writes the valid mr x nr part of a tile of fp32 sums with row stride ld_tile (a multiple of lanes).
