@@ -143,6 +143,13 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
   const index_t M = p.m(), N = p.n(), K = p.k();
   const op_view<TA> a{p.a.data, p.a.ld, p.trans_a == ops::transpose::trans};
   const op_view<TB> b{p.b.data, p.b.ld, p.trans_b == ops::transpose::trans};
+  constexpr bool in_place_a_possible = [] {
+    if constexpr (requires { Kernel::template reads_transposed_a_in_place<Round, TA>; }) {
+      return Kernel::template reads_transposed_a_in_place<Round, TA>;
+    }
+    return false;
+  }();
+  const bool a_in_place = in_place_a_possible && a.transposed && N <= NR;
   // Partial sums of earlier K blocks go to C itself when C is f32, unless C is also the residual
   // and there are several K blocks (the residual must still be the original C at the last block).
   const bool partial_in_c =
@@ -225,7 +232,12 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
         for (index_t pc = pc_begin; pc < pc_end; pc += Kernel::kc) {
           const index_t kc = std::min<index_t>(Kernel::kc, K - pc);
           const index_t depth = Kernel::padded_depth(kc);
-          Kernel::template pack_a<Round>(a, ic, mc, pc, kc, packed_a);
+          // Full panels read in place (see reads_transposed_a_in_place); the rest packed as usual.
+          const index_t in_place_rows = a_in_place ? mc / MR * MR : 0;
+          if (in_place_rows < mc) {
+            Kernel::template pack_a<Round>(a, ic + in_place_rows, mc - in_place_rows, pc, kc,
+                                           packed_a + (in_place_rows / MR) * depth * MR);
+          }
           for (index_t jr = j0; jr < j1; jr += NR) {
             const index_t nr = std::min<index_t>(NR, j1 - jr);
             const packed* b_panel = packed_b + pc * panels * NR + (jr / NR) * depth * NR;
@@ -235,6 +247,13 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
             }
             for (index_t ir = 0; ir < mc; ir += MR) {
               const packed* a_panel = packed_a + (ir / MR) * depth * MR;
+              index_t a_k_step = MR;
+              if constexpr (in_place_a_possible) {
+                if (ir < in_place_rows) {
+                  a_panel = a.data + pc * a.ld + ic + ir;
+                  a_k_step = a.ld;
+                }
+              }
               auto t = tile_target_at(p, ic + ir, jc + jr, p.alpha, pc == pc_begin, pc + kc == K && k_shares == 1,
                                       partial == nullptr ? nullptr : partial + ir * ld_partial + (jr - j0), ld_partial);
               if (k_shares > 1) {
@@ -255,14 +274,15 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
               const bool full_tile = ir + MR <= mc && nr == NR;
               if constexpr (requires(const packed* x) { Kernel::run_rows(kc, x, x, NR, [](index_t, auto, auto) {}); }) {
                 if (full_tile && !(t.last && has_epilogue(t))) { // C is updated from the registers
-                  Kernel::run_rows(kc, a_panel, b_panel, Kernel::panel_ld,
-                                   [&](index_t i, auto first, auto second) { finish_row<arch>(t, i, first, second); });
+                  Kernel::run_rows(
+                      kc, a_panel, b_panel, Kernel::panel_ld,
+                      [&](index_t i, auto first, auto second) { finish_row<arch>(t, i, first, second); }, a_k_step);
                   continue;
                 }
               }
               const index_t rows = std::min<index_t>(MR, mc - ir);
               if constexpr (requires(const packed* x) { Kernel::run_partial(rows, kc, x, x, NR, tile); }) {
-                Kernel::run_partial(rows, kc, a_panel, b_panel, Kernel::panel_ld, tile);
+                Kernel::run_partial(rows, kc, a_panel, b_panel, Kernel::panel_ld, tile, a_k_step);
               } else {
                 Kernel::run(kc, a_panel, b_panel, Kernel::panel_ld, tile);
               }

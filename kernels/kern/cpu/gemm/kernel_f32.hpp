@@ -334,9 +334,11 @@ template <class Arch, int MR> struct f32_fma_kernel {
   // micro-panel by default; the attention kernels also read tiles of row- or column-major blocks,
   // with their compile-time strides (a broadcast load does not care where its value lives).
   // Row i of the finished tile is handed to row(i, first NR / 2 values, last NR / 2) while it is
-  // still in registers.
+  // still in registers. a_k_step replaces AKStep where A is read in place with a run-time stride
+  // (the stored rows of A^T).
   template <class T, index_t ARowStep = 1, index_t AKStep = MR, class Row>
-  static void run_rows(index_t kc_steps, const float* __restrict a, const T* __restrict b, index_t ldb, Row&& row) {
+  static void run_rows(index_t kc_steps, const float* __restrict a, const T* __restrict b, index_t ldb, Row&& row,
+                       index_t a_k_step = AKStep) {
     batch acc[MR][2];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -348,7 +350,7 @@ template <class Arch, int MR> struct f32_fma_kernel {
       const batch b1 = load_float<Arch>(b + k * ldb + lanes);
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
-        const batch ai(a[k * AKStep + i * ARowStep]);
+        const batch ai(a[k * a_k_step + i * ARowStep]);
         acc[i][0] = xsimd::fma(ai, b0, acc[i][0]);
         acc[i][1] = xsimd::fma(ai, b1, acc[i][1]);
       }
@@ -360,12 +362,16 @@ template <class Arch, int MR> struct f32_fma_kernel {
   }
 
   // The same, storing the tile to `tile` (NR values per row).
-  template <class T, index_t ARowStep = 1, index_t AKStep = MR> static void
-  run(index_t kc_steps, const float* __restrict a, const T* __restrict b, index_t ldb, float* __restrict tile) {
-    run_rows<T, ARowStep, AKStep>(kc_steps, a, b, ldb, [tile](index_t i, batch first, batch second) {
-      first.store_aligned(tile + i * nr);
-      second.store_aligned(tile + i * nr + lanes);
-    });
+  template <class T, index_t ARowStep = 1, index_t AKStep = MR>
+  static void run(index_t kc_steps, const float* __restrict a, const T* __restrict b, index_t ldb,
+                  float* __restrict tile, index_t a_k_step = AKStep) {
+    run_rows<T, ARowStep, AKStep>(
+        kc_steps, a, b, ldb,
+        [tile](index_t i, batch first, batch second) {
+          first.store_aligned(tile + i * nr);
+          second.store_aligned(tile + i * nr + lanes);
+        },
+        a_k_step);
   }
 
   // The first `rows` (up to MR) rows of a tile, from a packed micro-panel: on a kernel of 4 or 8
@@ -373,21 +379,28 @@ template <class Arch, int MR> struct f32_fma_kernel {
   // padding (256 rows are 18 panels of 14 and one of 4: 4% of the work on 10 padded rows). Each
   // element gets the same operations, so the bits do not change.
   template <class T> static void run_partial(index_t rows, index_t kc_steps, const float* __restrict a,
-                                             const T* __restrict b, index_t ldb, float* __restrict tile) {
+                                             const T* __restrict b, index_t ldb, float* __restrict tile,
+                                             index_t a_k_step = MR) {
     if constexpr (MR > 4) {
       if (rows <= 4) {
-        f32_fma_kernel<Arch, 4>::template run<T, 1, MR>(kc_steps, a, b, ldb, tile);
+        f32_fma_kernel<Arch, 4>::template run<T, 1, MR>(kc_steps, a, b, ldb, tile, a_k_step);
         return;
       }
     }
     if constexpr (MR > 8) {
       if (rows <= 8) {
-        f32_fma_kernel<Arch, 8>::template run<T, 1, MR>(kc_steps, a, b, ldb, tile);
+        f32_fma_kernel<Arch, 8>::template run<T, 1, MR>(kc_steps, a, b, ldb, tile, a_k_step);
         return;
       }
     }
-    run(kc_steps, a, b, ldb, tile);
+    run(kc_steps, a, b, ldb, tile, a_k_step);
   }
+
+  // Whether full MR-row panels of op(A) can be read in place instead of packed: A^T stored fp32
+  // (each k step's MR values are contiguous in one stored row) under a B of one panel, which uses
+  // each value of A once, so that packing would only add a pass over A. Weight gradients of narrow
+  // layers (an adapter's dW = X^T dY) are such shapes.
+  template <bool Round, class T> static constexpr bool reads_transposed_a_in_place = !Round && std::is_same_v<T, float>;
 };
 
 } // namespace kern::cpu::detail
