@@ -272,11 +272,13 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
                               tile_bytes);
               }
               const bool full_tile = ir + MR <= mc && nr == NR;
-              if constexpr (requires(const packed* x) { Kernel::run_rows(kc, x, x, NR, [](index_t, auto, auto) {}); }) {
+              if constexpr (requires(const packed* x) {
+                              Kernel::run_rows(kc, x, x, NR, [](index_t, const auto&) {});
+                            }) {
                 if (full_tile && !(t.last && has_epilogue(t))) { // C is updated from the registers
                   Kernel::run_rows(
                       kc, a_panel, b_panel, Kernel::panel_ld,
-                      [&](index_t i, auto first, auto second) { finish_row<arch>(t, i, first, second); }, a_k_step);
+                      [&](index_t i, const auto& values) { finish_row<arch>(t, i, values); }, a_k_step);
                   continue;
                 }
               }
@@ -357,8 +359,9 @@ template <class Arch> const char* bf16_kernel_name() {
   return "avx512_bf16";
 }
 
-// Calls fn(kernel{}, round) with the kernel type, for M rows and the chosen kernel family.
-template <class Arch, class Fn> void with_kernel(bool dot, bool small, bool round, Fn&& fn) {
+// Calls fn(kernel{}, round) with the kernel type, for M rows (small: M <= 4), B's width (narrow: one
+// vector, when B is not pre-packed in the usual panels) and the chosen kernel family.
+template <class Arch, class Fn> void with_kernel(bool dot, bool small, bool narrow, bool round, Fn&& fn) {
   using tag_round = std::true_type;
   using tag_exact = std::false_type;
 #if defined(KERN_HAVE_AMX_KERNEL)
@@ -379,6 +382,12 @@ template <class Arch, class Fn> void with_kernel(bool dot, bool small, bool roun
 #endif
   (void)dot;
   constexpr int mr = f32_fma_kernel<Arch, 1>::default_mr;
+  if constexpr (f32_fma_kernel<Arch, 1>::wide) {
+    if (narrow && !small) { // a 16 x 16 tile instead of a 14 x 32 one of which half is padding
+      round ? fn(f32_fma_kernel<Arch, 16, 1>{}, tag_round{}) : fn(f32_fma_kernel<Arch, 16, 1>{}, tag_exact{});
+      return;
+    }
+  }
   if (small) {
     round ? fn(f32_fma_kernel<Arch, 4>{}, tag_round{}) : fn(f32_fma_kernel<Arch, 4>{}, tag_exact{});
   } else {
@@ -398,7 +407,8 @@ void gemm_run(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const v
     return;
   }
   const bool round = p.compute == ops::gemm_compute::bf16 && std::is_same_v<TA, float>;
-  with_kernel<Arch>(use_bf16_dot<Arch>(dtype_of_v<TB>, p.compute), p.m() <= small_m, round,
+  const bool narrow = p.n() <= f32_fma_kernel<Arch, 1>::lanes && prepacked_b == nullptr;
+  with_kernel<Arch>(use_bf16_dot<Arch>(dtype_of_v<TB>, p.compute), p.m() <= small_m, narrow, round,
                     [&](auto kernel, auto round_tag) {
                       using K = decltype(kernel);
                       if constexpr (!(decltype(round_tag)::value && !std::is_same_v<TA, float>)) {
@@ -433,7 +443,7 @@ template <class Arch, class TB> void pack_b_run(const context& ctx, matrix_view<
                                                 ops::gemm_compute compute, index_t k, index_t n, void* dst) {
   const op_view<TB> op_b{b.data, b.ld, trans_b == ops::transpose::trans};
   const bool round = compute == ops::gemm_compute::bf16 && std::is_same_v<TB, float>;
-  with_kernel<Arch>(use_bf16_dot<Arch>(dtype_of_v<TB>, compute), false, round, [&](auto kernel, auto round_tag) {
+  with_kernel<Arch>(use_bf16_dot<Arch>(dtype_of_v<TB>, compute), false, false, round, [&](auto kernel, auto round_tag) {
     using K = decltype(kernel);
     if constexpr (!(decltype(round_tag)::value && !std::is_same_v<TB, float>)) {
       auto* out = static_cast<typename K::packed*>(dst);

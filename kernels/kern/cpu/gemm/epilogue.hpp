@@ -97,14 +97,15 @@ void finish_element(const tile_target<TC>& t, V acc, index_t i, index_t j, Load 
 
 // Row i of a full tile with no epilogue, straight from the kernel's registers: the same arithmetic
 // as write_tile, without the trip through memory.
-template <class Arch, class TC> void finish_row(const tile_target<TC>& t, index_t i, xsimd::batch<float, Arch> first,
-                                                xsimd::batch<float, Arch> second) {
+template <class Arch, class TC, int NV>
+void finish_row(const tile_target<TC>& t, index_t i, const xsimd::batch<float, Arch> (&values)[NV]) {
   using batch = xsimd::batch<float, Arch>;
   constexpr index_t lanes = static_cast<index_t>(batch::size);
   const auto load = [](const auto* p) { return load_float<Arch>(p); };
   const auto store = [](auto* p, batch v) { store_from_float<Arch>(p, v); };
-  finish_element<false>(t, first, i, 0, load, store);
-  finish_element<false>(t, second, i, lanes, load, store);
+  for (int v = 0; v < NV; ++v) {
+    finish_element<false>(t, values[v], i, v * lanes, load, store);
+  }
 }
 
 // Writes the valid mr x nr part of a tile of fp32 sums with row stride ld_tile (a multiple of lanes).

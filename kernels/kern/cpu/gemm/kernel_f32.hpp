@@ -65,14 +65,15 @@ template <bool RoundToBf16, class T> inline float packed_value(T x) {
   }
 }
 
-template <class Arch, int MR> struct f32_fma_kernel {
+template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   using arch = Arch;
   using packed = float;
   using batch = xsimd::batch<float, Arch>;
   static constexpr int lanes = static_cast<int>(batch::size);
   static constexpr bool wide = isa_of<Arch>() >= isa::avx512;
   static constexpr int mr = MR;
-  static constexpr int nr = 2 * lanes;
+  static constexpr int nv = NV; // vectors per row of the tile
+  static constexpr int nr = NV * lanes;
   static constexpr int kc = wide ? 1024 : 256;
   static constexpr int mc = wide ? 14 * 9 : 6 * 48; // 126 x 1024 x 4 = 504 KiB of A in L2
   static constexpr int nc = 1024;
@@ -136,19 +137,19 @@ template <class Arch, int MR> struct f32_fma_kernel {
     }
   }
 
-  // NR = 32 rows of B^T (`ld` apart) into one B micro-panel, panel[k * 32 + j], sixteen k at a
+  // NR = 16 NV rows of B^T (`ld` apart) into one B micro-panel, panel[k * NR + j], sixteen k at a
   // time; returns how many k it packed (a multiple of 16).
   static index_t pack_columns_transposed(const float* rows, index_t ld, index_t depth, float* panel) {
     index_t k0 = 0;
     for (; k0 + 16 <= depth; k0 += 16) {
-      for (int half = 0; half < 2; ++half) {
+      for (int part = 0; part < NV; ++part) {
         __m512 r[16];
         for (int j = 0; j < 16; ++j) {
-          r[j] = _mm512_loadu_ps(rows + (half * 16 + j) * ld + k0);
+          r[j] = _mm512_loadu_ps(rows + (part * 16 + j) * ld + k0);
         }
         transpose16(r);
         for (int k = 0; k < 16; ++k) {
-          _mm512_store_ps(panel + (k0 + k) * 32 + half * 16, r[k]);
+          _mm512_store_ps(panel + (k0 + k) * nr + part * 16, r[k]);
         }
       }
     }
@@ -220,11 +221,12 @@ template <class Arch, int MR> struct f32_fma_kernel {
     const index_t valid = std::min<index_t>(nr, cols);
     // Separate loops for the valid columns and the zero padding keep both free of branches, so
     // that the compiler vectorizes them.
-    if (!b.transposed && valid == nr && !Round) { // whole rows of NR: two vector copies per k
+    if (!b.transposed && valid == nr && !Round) { // whole rows of NR: NV vector copies per k
       for (index_t k = 0; k < depth; ++k) {
         const T* src = b.data + (row0 + k) * b.ld + col0;
-        load_float<Arch>(src).store_aligned(panel + k * nr);
-        load_float<Arch>(src + lanes).store_aligned(panel + k * nr + lanes);
+        for (int v = 0; v < NV; ++v) {
+          load_float<Arch>(src + v * lanes).store_aligned(panel + k * nr + v * lanes);
+        }
       }
     } else if (!b.transposed) {
       for (index_t k = 0; k < depth; ++k) {
@@ -240,7 +242,7 @@ template <class Arch, int MR> struct f32_fma_kernel {
     } else {
       index_t k_done = 0;
       if constexpr (fast_pack_rows<Round, T> && lanes == 16) {
-        if (valid == nr) { // B^T's rows are op(B)'s columns: two 16 x 16 transposes per 16 k
+        if (valid == nr) { // B^T's rows are op(B)'s columns: NV 16 x 16 transposes per 16 k
           k_done = pack_columns_transposed(b.data + col0 * b.ld + row0, b.ld, depth, panel);
         }
       }
@@ -269,9 +271,9 @@ template <class Arch, int MR> struct f32_fma_kernel {
       for (index_t k = 0; k < depth; ++k) {
         const T* src = b.data + (row0 + k) * b.ld + col0;
         for (int p = 0; p < count; ++p) {
-          float* out = dst + p * panel_stride + k * nr;
-          load_float<Arch>(src + p * nr).store_aligned(out);
-          load_float<Arch>(src + p * nr + lanes).store_aligned(out + lanes);
+          for (int v = 0; v < NV; ++v) {
+            load_float<Arch>(src + p * nr + v * lanes).store_aligned(dst + p * panel_stride + k * nr + v * lanes);
+          }
         }
       }
       return;
@@ -333,21 +335,25 @@ template <class Arch, int MR> struct f32_fma_kernel {
   // (ldb = NR) or B itself (T float or bf16). A(i, k) is a[i * ARowStep + k * AKStep]: a packed
   // micro-panel by default; the attention kernels also read tiles of row- or column-major blocks,
   // with their compile-time strides (a broadcast load does not care where its value lives).
-  // Row i of the finished tile is handed to row(i, first NR / 2 values, last NR / 2) while it is
-  // still in registers. a_k_step replaces AKStep where A is read in place with a run-time stride
-  // (the stored rows of A^T).
+  // Row i of the finished tile is handed to row(i, its NV vectors) while it is still in registers. a_k_step replaces
+  // AKStep where A is read in place with a run-time stride (the stored rows of A^T).
   template <class T, index_t ARowStep = 1, index_t AKStep = MR, class Row>
   static void run_rows(index_t kc_steps, const float* __restrict a, const T* __restrict b, index_t ldb, Row&& row,
                        index_t a_k_step = AKStep) {
-    batch acc[MR][2];
+    batch acc[MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      acc[i][0] = batch(0.0f);
-      acc[i][1] = batch(0.0f);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        acc[i][v] = batch(0.0f);
+      }
     }
     for (index_t k = 0; k < kc_steps; ++k) {
-      const batch b0 = load_float<Arch>(b + k * ldb);
-      const batch b1 = load_float<Arch>(b + k * ldb + lanes);
+      batch bk[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        bk[v] = load_float<Arch>(b + k * ldb + v * lanes);
+      }
       if (a_k_step != AKStep) { // A read in place, one stored row per k: ask for it 64 rows ahead
         __builtin_prefetch(a + (k + 64) * a_k_step, 0, 3);
         __builtin_prefetch(a + (k + 64) * a_k_step + 16, 0, 3);
@@ -355,13 +361,15 @@ template <class Arch, int MR> struct f32_fma_kernel {
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
         const batch ai(a[k * a_k_step + i * ARowStep]);
-        acc[i][0] = xsimd::fma(ai, b0, acc[i][0]);
-        acc[i][1] = xsimd::fma(ai, b1, acc[i][1]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+          acc[i][v] = xsimd::fma(ai, bk[v], acc[i][v]);
+        }
       }
     }
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      row(index_t{i}, acc[i][0], acc[i][1]);
+      row(index_t{i}, acc[i]);
     }
   }
 
@@ -371,9 +379,10 @@ template <class Arch, int MR> struct f32_fma_kernel {
                   float* __restrict tile, index_t a_k_step = AKStep) {
     run_rows<T, ARowStep, AKStep>(
         kc_steps, a, b, ldb,
-        [tile](index_t i, batch first, batch second) {
-          first.store_aligned(tile + i * nr);
-          second.store_aligned(tile + i * nr + lanes);
+        [tile](index_t i, const batch(&values)[NV]) {
+          for (int v = 0; v < NV; ++v) {
+            values[v].store_aligned(tile + i * nr + v * lanes);
+          }
         },
         a_k_step);
   }
@@ -387,13 +396,13 @@ template <class Arch, int MR> struct f32_fma_kernel {
                                              index_t a_k_step = MR) {
     if constexpr (MR > 4) {
       if (rows <= 4) {
-        f32_fma_kernel<Arch, 4>::template run<T, 1, MR>(kc_steps, a, b, ldb, tile, a_k_step);
+        f32_fma_kernel<Arch, 4, NV>::template run<T, 1, MR>(kc_steps, a, b, ldb, tile, a_k_step);
         return;
       }
     }
     if constexpr (MR > 8) {
       if (rows <= 8) {
-        f32_fma_kernel<Arch, 8>::template run<T, 1, MR>(kc_steps, a, b, ldb, tile, a_k_step);
+        f32_fma_kernel<Arch, 8, NV>::template run<T, 1, MR>(kc_steps, a, b, ldb, tile, a_k_step);
         return;
       }
     }
