@@ -64,10 +64,18 @@ template <class TA, class TB, class TC> void check_packed_matches(const shape& s
       << "packed and unpacked B differ";
 }
 
-constexpr shape shapes[] = {
-    {1, 50, 768, transpose::none},   {1, 50, 768, transpose::trans},    {3, 1000, 77, transpose::none},
-    {4, 33, 2500, transpose::none},  {5, 65, 400, transpose::none},     {64, 257, 1000, transpose::trans},
-    {40, 20, 2500, transpose::none}, {400, 70, 2100, transpose::trans}, {130, 1100, 31, transpose::none}};
+constexpr shape shapes[] = {{1, 50, 768, transpose::none},
+                            {1, 50, 768, transpose::trans},
+                            {3, 1000, 77, transpose::none},
+                            {4, 33, 2500, transpose::none},
+                            {5, 65, 400, transpose::none},
+                            {64, 257, 1000, transpose::trans},
+                            {40, 20, 2500, transpose::none},
+                            {400, 70, 2100, transpose::trans},
+                            {130, 1100, 31, transpose::none},
+                            // B of up to 16 columns runs on the 16 x 16 kernel unpacked, on the 14 x 32 one pre-packed
+                            {37, 16, 1500, transpose::none},
+                            {300, 9, 2100, transpose::trans}};
 
 TEST(CpuGemmPacked, F32MatchesUnpacked) {
   for (const auto& s : shapes) {

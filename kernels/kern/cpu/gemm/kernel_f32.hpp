@@ -7,7 +7,8 @@
 //
 // Block sizes (BLIS's table, one row per ISA):
 //   MR x NR   MR * NR / lanes accumulators + NR / lanes B registers + 1 broadcast fit the register
-//             file: 28 + 2 + 1 of 32 zmm (AVX-512); 12 + 2 + 1 of 16 ymm / xmm (AVX2, SSE2).
+//             file: 28 + 2 + 1 of 32 zmm (AVX-512); 12 + 2 + 1 of 16 ymm / xmm (AVX2, SSE2). A B of
+//             up to 16 columns gets a 16 x 16 tile (NV = 1) instead of half of a 14 x 32 one.
 //   KC        depth of one packed block: the kc x NR micro-panel of B is reused by every MR-row
 //             micro-panel of A, and a deeper block means fewer passes of partial sums over C. Each
 //             pass reads and writes C from memory, which costs more than streaming both micro-
