@@ -68,7 +68,7 @@ template <class Kernel, bool Round, class TB> void pack_b_block(const context& c
       const index_t panel_size = Kernel::padded_depth(kc) * NR;
       typename Kernel::packed* first = dst + pc * panels * NR + panel * panel_size;
       if constexpr (grouped) {
-        const int count = static_cast<int>(std::min(group, panels - panel));
+        const index_t count = std::min(group, panels - panel);
         Kernel::template pack_b_panels<Round>(b, pc, kc, jc + panel * NR, nc - panel * NR, count, first, panel_size);
       } else {
         Kernel::template pack_b<Round>(b, pc, kc, jc + panel * NR, nc - panel * NR, first);

@@ -143,7 +143,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   static index_t pack_columns_transposed(const float* rows, index_t ld, index_t depth, float* panel) {
     index_t k0 = 0;
     for (; k0 + 16 <= depth; k0 += 16) {
-      for (int part = 0; part < NV; ++part) {
+      for (index_t part = 0; part < NV; ++part) {
         __m512 r[16];
         for (int j = 0; j < 16; ++j) {
           r[j] = _mm512_loadu_ps(rows + (part * 16 + j) * ld + k0);
@@ -225,7 +225,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
     if (!b.transposed && valid == nr && !Round) { // whole rows of NR: NV vector copies per k
       for (index_t k = 0; k < depth; ++k) {
         const T* src = b.data + (row0 + k) * b.ld + col0;
-        for (int v = 0; v < NV; ++v) {
+        for (index_t v = 0; v < NV; ++v) {
           load_float<Arch>(src + v * lanes).store_aligned(panel + k * nr + v * lanes);
         }
       }
@@ -266,20 +266,20 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   // cache lines at a time instead of two: rows whose stride is a multiple of 1 KiB (N = 1024, 3072)
   // fall into few cache sets, and one panel at a time packed 23 GB/s from them, two at a time 56.
   template <bool Round, class T> static void pack_b_panels(const op_view<T>& b, index_t row0, index_t depth,
-                                                           index_t col0, index_t cols, int count, float* dst,
+                                                           index_t col0, index_t cols, index_t count, float* dst,
                                                            index_t panel_stride) {
     if (!b.transposed && !Round && cols >= count * nr) {
       for (index_t k = 0; k < depth; ++k) {
         const T* src = b.data + (row0 + k) * b.ld + col0;
-        for (int p = 0; p < count; ++p) {
-          for (int v = 0; v < NV; ++v) {
+        for (index_t p = 0; p < count; ++p) {
+          for (index_t v = 0; v < NV; ++v) {
             load_float<Arch>(src + p * nr + v * lanes).store_aligned(dst + p * panel_stride + k * nr + v * lanes);
           }
         }
       }
       return;
     }
-    for (int p = 0; p < count; ++p) {
+    for (index_t p = 0; p < count; ++p) {
       pack_b<Round>(b, row0, depth, col0 + p * nr, cols - p * nr, dst + p * panel_stride);
     }
   }
@@ -352,7 +352,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
     for (index_t k = 0; k < kc_steps; ++k) {
       batch bk[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
+      for (index_t v = 0; v < NV; ++v) {
         bk[v] = load_float<Arch>(b + k * ldb + v * lanes);
       }
       if (a_k_step != AKStep) { // A read in place, one stored row per k: ask for it 64 rows ahead
@@ -381,7 +381,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
     run_rows<T, ARowStep, AKStep>(
         kc_steps, a, b, ldb,
         [tile](index_t i, const batch(&values)[NV]) {
-          for (int v = 0; v < NV; ++v) {
+          for (index_t v = 0; v < NV; ++v) {
             values[v].store_aligned(tile + i * nr + v * lanes);
           }
         },
