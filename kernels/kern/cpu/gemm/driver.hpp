@@ -375,7 +375,13 @@ template <class Arch, class Fn> void with_kernel(bool dot, bool small, bool narr
 #if defined(KERN_HAVE_BF16_DOT_KERNEL)
   if constexpr (has_bf16_dot_kernel<Arch>()) {
     if (dot) { // rounds to bf16 itself: one instance serves both modes
-      small ? fn(bf16_dot_kernel<Arch, 4>{}, tag_exact{}) : fn(bf16_dot_kernel<Arch, 14>{}, tag_exact{});
+      if (small) {
+        fn(bf16_dot_kernel<Arch, 4>{}, tag_exact{});
+      } else if (narrow) { // 16 x 16, as the fp32 kernel below
+        fn(bf16_dot_kernel<Arch, 16, 1>{}, tag_exact{});
+      } else {
+        fn(bf16_dot_kernel<Arch, 14>{}, tag_exact{});
+      }
       return;
     }
   }

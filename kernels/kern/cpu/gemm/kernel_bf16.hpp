@@ -3,7 +3,8 @@
 // vdpbf16ps multiplies pairs of bf16 values and adds both products to an fp32 lane, so one
 // instruction does twice the work of an fp32 FMA. Operands are packed in k pairs: a 32-bit slot
 // holds (k even, k odd) of one row of A or one column of B (the "VNNI" layout); an odd depth gets a
-// zero partner. The tile is MR x 32: 2 zmm per row, MR * 2 accumulators, as in the fp32 kernel.
+// zero partner. The tile is MR x 32: 2 zmm per row, MR * 2 accumulators, as in the fp32 kernel; or
+// 16 x 16 (NV = 1) for B of up to 16 columns, which the 32-column tile would half fill.
 // The instruction treats subnormal bf16 inputs as zero (values below 1.2e-38).
 #pragma once
 
@@ -40,14 +41,14 @@ template <class T> inline __m512i load_bf16x32(const T* src) {
   }
 }
 
-template <class Arch, int MR> struct bf16_dot_kernel {
+template <class Arch, int MR, int NV = 2> struct bf16_dot_kernel {
   using arch = Arch;
   using packed = std::uint16_t;
   static constexpr int lanes = 16;
   static constexpr int mr = MR;
-  static constexpr int nr = 32;
-  static constexpr int kc = 1024;    // 1024 x 32 x 2 bytes = 64 KiB of B in L2: fewer passes over C
-  static constexpr int mc = 14 * 12; // 168 x 1024 x 2 = 336 KiB of A in L2 (KC 512: 10% slower)
+  static constexpr int nr = NV * lanes; // a k pair of NR columns fills NV registers
+  static constexpr int kc = 1024;       // 1024 x 32 x 2 bytes = 64 KiB of B in L2: fewer passes over C
+  static constexpr int mc = 14 * 12;    // 168 x 1024 x 2 = 336 KiB of A in L2 (KC 512: 10% slower)
   static constexpr int nc = 1024;
   static constexpr int default_mr = 14;
 
@@ -134,16 +135,24 @@ template <class Arch, int MR> struct bf16_dot_kernel {
     });
   }
 
-  // One 32-column micro-panel of k pairs: panel[(k / 2) * 64 + 2 * j + (k % 2)].
+  // One NR-column micro-panel of k pairs: panel[(k / 2) * 2 * NR + 2 * j + (k % 2)]. A 16-column
+  // panel is laid out as a 16-row micro-panel of A would be for op(B)^T, and packed as one.
   template <bool Round, class T>
   static void pack_b(const op_view<T>& b, index_t row0, index_t depth, index_t col0, index_t cols, packed* panel) {
-    pack_b_panel(b, row0, depth, col0, cols, padded_depth(depth), panel);
+    if constexpr (NV == 1) {
+      const op_view<T> b_transposed{b.data, b.ld, !b.transposed};
+      bf16_dot_kernel<Arch, lanes>::template pack_a<Round>(b_transposed, col0, std::min<index_t>(nr, cols), row0, depth,
+                                                           panel);
+    } else {
+      pack_b_panel(b, row0, depth, col0, cols, padded_depth(depth), panel);
+    }
   }
 
   // pack_b with zeros up to depth `pd` (>= depth, even): the AMX kernel's B tiles are this layout
   // too (two tiles side by side, 128 bytes from one k pair to the next), padded to whole tiles.
   template <class T> static void pack_b_panel(const op_view<T>& b, index_t row0, index_t depth, index_t col0,
                                               index_t cols, index_t pd, packed* panel) {
+    static_assert(NV == 2, "32-column panels");
     const index_t valid = std::min<index_t>(nr, cols);
     index_t k = 0;
     if (!b.transposed && valid == nr) { // rows k and k + 1, paired in registers
@@ -177,7 +186,7 @@ template <class Arch, int MR> struct bf16_dot_kernel {
   }
 
   // Rows of B can be paired in registers (two loads and two permutes per k pair) when B holds bf16.
-  template <bool Round, class T> static constexpr bool reads_b_directly = std::is_same_v<T, bf16>;
+  template <bool Round, class T> static constexpr bool reads_b_directly = NV == 2 && std::is_same_v<T, bf16>;
 
   // Interleaves row k (low 32 values) and row k + 1 (high 32 values) of `rows` into k pairs for
   // columns 0..15 (first) and 16..31 (second).
@@ -242,39 +251,48 @@ template <class Arch, int MR> struct bf16_dot_kernel {
   }
 
   // The tile += packed A (pairs) times kc_steps rows of B: a packed panel (T = packed, ldb = 2 NR
-  // values per pair), or bf16 rows of B itself `ldb` apart (T = bf16), paired in registers.
+  // values per pair), or bf16 rows of B itself `ldb` apart (T = bf16, 32 columns), paired in registers.
   template <class T> static void run(index_t kc_steps, const packed* __restrict a, const T* __restrict b, index_t ldb,
                                      float* __restrict tile) {
-    __m512 acc[MR][2];
+    __m512 acc[MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      acc[i][0] = _mm512_setzero_ps();
-      acc[i][1] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        acc[i][v] = _mm512_setzero_ps();
+      }
     }
     const index_t pairs = padded_depth(kc_steps) / 2;
     const auto* a32 = reinterpret_cast<const std::int32_t*>(a);
     for (index_t kp = 0; kp < pairs; ++kp) {
-      __m512i b0, b1;
+      __m512i bk[NV];
       if constexpr (std::is_same_v<T, packed>) {
-        b0 = _mm512_loadu_si512(b + kp * ldb);
-        b1 = _mm512_loadu_si512(b + kp * ldb + 2 * lanes);
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) {
+          bk[v] = _mm512_loadu_si512(b + kp * ldb + v * 2 * lanes);
+        }
       } else {
+        static_assert(NV == 2, "rows of B are paired 32 columns at a time");
         const __m512i row_k = _mm512_loadu_si512(b + 2 * kp * ldb);
         const __m512i row_k1 =
             2 * kp + 1 < kc_steps ? _mm512_loadu_si512(b + (2 * kp + 1) * ldb) : _mm512_setzero_si512();
-        pair_rows(row_k, row_k1, b0, b1);
+        pair_rows(row_k, row_k1, bk[0], bk[1]);
       }
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
         const __m512i ai = _mm512_set1_epi32(a32[kp * MR + i]);
-        acc[i][0] = dot(acc[i][0], ai, b0);
-        acc[i][1] = dot(acc[i][1], ai, b1);
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) {
+          acc[i][v] = dot(acc[i][v], ai, bk[v]);
+        }
       }
     }
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      _mm512_store_ps(tile + i * nr, acc[i][0]);
-      _mm512_store_ps(tile + i * nr + lanes, acc[i][1]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        _mm512_store_ps(tile + i * nr + v * lanes, acc[i][v]);
+      }
     }
   }
 };
