@@ -10,7 +10,6 @@
 // backward also against central finite differences of the float64 forward through the kernels' own
 // forward; then in-place use, empty problems, NaN propagation, determinism, bad arguments.
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -34,12 +33,6 @@ using kern::index_t;
 using kern::ops::norm_kind;
 using namespace kern::test;
 namespace gpu = kern::gpu;
-
-// A gradient with cancellation in it (a row's mean and projection subtracted) is held to a few fp32
-// roundings of its terms; a 16-bit one to its own rounding.
-template <class T> constexpr double gradient_tolerance() {
-  return kern::dtype_of_v<T> == kern::dtype::f32 ? 1e-5 : output_tolerance<T>();
-}
 
 const char* name(norm_kind kind) { return kind == norm_kind::layernorm ? "layernorm" : "rmsnorm"; }
 
@@ -93,37 +86,8 @@ template <class T> void check_forward(const forward_case& c) {
   residual_out = h_d.read();
   const std::vector<float> mean = to_host(mean_d), rstd = to_host(rstd_d);
 
-  // The normalized input: x + residual, computed in fp32 and stored as T.
-  std::vector<double> h = widen(x.values());
-  if (c.residual) {
-    for (index_t i = 0; i < c.rows; ++i) {
-      for (index_t j = 0; j < c.dim; ++j) {
-        const T stored(static_cast<float>(x.at(i, j)) + static_cast<float>(residual.at(i, j)));
-        ASSERT_EQ(bits_of(residual_out.at(i, j)), bits_of(stored)) << "residual_out (" << i << ", " << j << ")";
-        h[static_cast<std::size_t>(i * c.dim + j)] = static_cast<float>(stored);
-      }
-    }
-    EXPECT_TRUE(residual_out.padding_is(sentinel)) << "residual_out padding written";
-  }
-  const std::vector<double> bias64 = widen(bias);
-  const reference_forward ref =
-      norm_reference(c.kind, h, c.rows, c.dim, widen(weight), c.bias ? &bias64 : nullptr, 1e-5);
-  EXPECT_LE(relative_error(y.values(), ref.y), output_tolerance<T>());
-  EXPECT_TRUE(y.padding_is(sentinel)) << "y padding written";
-  EXPECT_LE(relative_error(rstd, ref.rstd), 2e-6);
-  if (c.kind == norm_kind::layernorm) {
-    // A row's mean may cancel to near zero: its error is measured against the root mean square of
-    // the values it averages.
-    std::vector<double> row_scale(static_cast<std::size_t>(c.rows));
-    for (index_t i = 0; i < c.rows; ++i) {
-      double sum = 0.0;
-      for (index_t j = 0; j < c.dim; ++j) {
-        sum += h[static_cast<std::size_t>(i * c.dim + j)] * h[static_cast<std::size_t>(i * c.dim + j)];
-      }
-      row_scale[static_cast<std::size_t>(i)] = std::sqrt(sum / static_cast<double>(c.dim));
-    }
-    EXPECT_LE(scaled_error(mean, ref.mean, row_scale), 2e-6);
-  }
+  expect_forward_matches_reference(c.kind, x, c.residual ? &residual : nullptr, residual_out, weight,
+                                   c.bias ? &bias : nullptr, y, mean, rstd);
 }
 
 template <class T> void forward_sweep(std::initializer_list<std::pair<index_t, index_t>> shapes) {
@@ -231,32 +195,9 @@ template <class T> void check_backward(const backward_case& c) {
   dx = dx_d.read();
   const std::vector<float> dweight = to_host(dweight_d), dbias = to_host(dbias_d);
 
-  reference_backward ref = norm_backward_reference(c.kind, widen(x.values()), widen(dy.values()), c.rows, c.dim,
-                                                   widen(weight), widen(mean), widen(rstd));
-  std::vector<double> dx_ref = ref.dx, dx_scale = ref.dx_scale;
-  if (c.accumulate_dx) {
-    for (std::size_t k = 0; k < dx_ref.size(); ++k) {
-      dx_ref[k] += dx_before[k];
-      dx_scale[k] += std::abs(dx_before[k]);
-    }
-  }
-  // The accumulated gradients may cancel (a starting value against the new sum): their error is
-  // measured against the size of the two parts.
-  std::vector<double> dweight_scale(ref.dweight.size()), dbias_scale(ref.dbias.size());
-  for (std::size_t j = 0; j < ref.dweight.size(); ++j) {
-    dweight_scale[j] = std::abs(ref.dweight[j]) + std::abs(dweight_before[j]);
-    dbias_scale[j] = std::abs(ref.dbias[j]) + std::abs(dbias_before[j]);
-    ref.dweight[j] += dweight_before[j];
-    ref.dbias[j] += dbias_before[j];
-  }
-  EXPECT_LE(scaled_error(dx.values(), dx_ref, dx_scale), gradient_tolerance<T>());
-  EXPECT_TRUE(dx.padding_is(sentinel)) << "dx padding written";
-  EXPECT_LE(scaled_error(dweight, ref.dweight, dweight_scale), 1e-5);
-  if (c.kind == norm_kind::layernorm) {
-    EXPECT_LE(scaled_error(dbias, ref.dbias, dbias_scale), 1e-5);
-  } else {
-    EXPECT_EQ(dbias, dbias_before);
-  }
+  expect_backward_matches_reference<T>(
+      {c.kind, x, dy, weight, mean, rstd, c.accumulate_dx, dx_before, dweight_before, dbias_before}, dx, dweight,
+      dbias);
 }
 
 // The CPU test's shapes (with parameter gradients a warp or block takes two rows or more).

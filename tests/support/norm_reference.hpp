@@ -1,4 +1,5 @@
-// The float64 reference of the norm ops (kern/ops/norm.hpp), shared by the CPU and GPU tests.
+// The float64 reference of the norm ops (kern/ops/norm.hpp), and the checks of what a kernel wrote
+// against it, shared by the CPU and GPU tests (which differ only in how they run the kernels).
 #pragma once
 
 #include <cmath>
@@ -7,6 +8,7 @@
 
 #include "kern/core/view.hpp"
 #include "kern/ops/norm.hpp"
+#include "support/kernel_test.hpp"
 
 namespace kern::test {
 
@@ -84,6 +86,100 @@ inline reference_backward norm_backward_reference(ops::norm_kind kind, const std
     }
   }
   return out;
+}
+
+// A gradient with cancellation in it (a row's mean and projection subtracted) is held to a few fp32
+// roundings of its terms; a 16-bit one to its own rounding.
+template <class T> constexpr double gradient_tolerance() {
+  return dtype_of_v<T> == dtype::f32 ? 1e-5 : output_tolerance<T>();
+}
+
+// What a norm forward wrote against the reference: y, mean (LayerNorm) and rstd of the rows of x,
+// plus `residual` where it is not null, in which case residual_out must hold x + residual computed
+// in fp32 and stored as T, bit for bit. The padding of the outputs must still hold the sentinel.
+template <class T>
+void expect_forward_matches_reference(ops::norm_kind kind, const host_matrix<T>& x, const host_matrix<T>* residual,
+                                      const host_matrix<T>& residual_out, const std::vector<float>& weight,
+                                      const std::vector<float>* bias, const host_matrix<T>& y,
+                                      const std::vector<float>& mean, const std::vector<float>& rstd) {
+  const index_t rows = x.rows, dim = x.cols;
+  std::vector<double> h = widen(x.values());
+  if (residual != nullptr) {
+    for (index_t i = 0; i < rows; ++i) {
+      for (index_t j = 0; j < dim; ++j) {
+        const T stored(static_cast<float>(x.at(i, j)) + static_cast<float>(residual->at(i, j)));
+        ASSERT_EQ(bits_of(residual_out.at(i, j)), bits_of(stored)) << "residual_out (" << i << ", " << j << ")";
+        h[static_cast<std::size_t>(i * dim + j)] = static_cast<float>(stored);
+      }
+    }
+    EXPECT_TRUE(residual_out.padding_is(sentinel)) << "residual_out padding written";
+  }
+  const std::vector<double> bias64 = bias != nullptr ? widen(*bias) : std::vector<double>{};
+  const reference_forward ref =
+      norm_reference(kind, h, rows, dim, widen(weight), bias != nullptr ? &bias64 : nullptr, 1e-5);
+  EXPECT_LE(relative_error(y.values(), ref.y), output_tolerance<T>());
+  EXPECT_TRUE(y.padding_is(sentinel)) << "y padding written";
+  EXPECT_LE(relative_error(rstd, ref.rstd), 2e-6);
+  if (kind == ops::norm_kind::layernorm) {
+    // A row's mean may cancel to near zero: its error is measured against the size of the values
+    // it averages (their root mean square), not against the mean itself.
+    std::vector<double> row_scale(static_cast<std::size_t>(rows));
+    for (index_t i = 0; i < rows; ++i) {
+      double sum = 0.0;
+      for (index_t j = 0; j < dim; ++j) {
+        sum += h[static_cast<std::size_t>(i * dim + j)] * h[static_cast<std::size_t>(i * dim + j)];
+      }
+      row_scale[static_cast<std::size_t>(i)] = std::sqrt(sum / static_cast<double>(dim));
+    }
+    EXPECT_LE(scaled_error(mean, ref.mean, row_scale), 2e-6);
+  }
+}
+
+// The inputs of a norm backward and the gradients' values before it (dx_before is read only with
+// accumulate_dx), and what the kernel wrote: dx, and dweight and dbias (LayerNorm only; RMSNorm
+// must leave dbias as it was) accumulated into their values before.
+template <class T> struct norm_backward_check {
+  ops::norm_kind kind;
+  const host_matrix<T>& x;
+  const host_matrix<T>& dy;
+  const std::vector<float>& weight;
+  const std::vector<float>& mean;
+  const std::vector<float>& rstd;
+  bool accumulate_dx;
+  const std::vector<double>& dx_before;
+  const std::vector<float>& dweight_before;
+  const std::vector<float>& dbias_before;
+};
+
+template <class T> void expect_backward_matches_reference(const norm_backward_check<T>& c, const host_matrix<T>& dx,
+                                                          const std::vector<float>& dweight,
+                                                          const std::vector<float>& dbias) {
+  reference_backward ref = norm_backward_reference(c.kind, widen(c.x.values()), widen(c.dy.values()), c.x.rows,
+                                                   c.x.cols, widen(c.weight), widen(c.mean), widen(c.rstd));
+  std::vector<double> dx_ref = ref.dx, dx_scale = ref.dx_scale;
+  if (c.accumulate_dx) {
+    for (std::size_t k = 0; k < dx_ref.size(); ++k) {
+      dx_ref[k] += c.dx_before[k];
+      dx_scale[k] += std::abs(c.dx_before[k]);
+    }
+  }
+  // The accumulated gradients may cancel (a starting value against the new sum): their error is
+  // measured against the size of the two parts, which is what fp32 rounding scales with.
+  std::vector<double> dweight_scale(ref.dweight.size()), dbias_scale(ref.dbias.size());
+  for (std::size_t j = 0; j < ref.dweight.size(); ++j) {
+    dweight_scale[j] = std::abs(ref.dweight[j]) + std::abs(c.dweight_before[j]);
+    dbias_scale[j] = std::abs(ref.dbias[j]) + std::abs(c.dbias_before[j]);
+    ref.dweight[j] += c.dweight_before[j];
+    ref.dbias[j] += c.dbias_before[j];
+  }
+  EXPECT_LE(scaled_error(dx.values(), dx_ref, dx_scale), gradient_tolerance<T>());
+  EXPECT_TRUE(dx.padding_is(sentinel)) << "dx padding written";
+  EXPECT_LE(scaled_error(dweight, ref.dweight, dweight_scale), 1e-5);
+  if (c.kind == ops::norm_kind::layernorm) {
+    EXPECT_LE(scaled_error(dbias, ref.dbias, dbias_scale), 1e-5);
+  } else {
+    EXPECT_EQ(dbias, c.dbias_before);
+  }
 }
 
 } // namespace kern::test
