@@ -176,21 +176,13 @@ TEST(CpuNorm, BackwardBf16) { backward_sweep<bf16>(); }
 // Backward against central finite differences of the float64 forward, through the kernels' own
 // forward (with the fused residual add: the gradient reaches x and residual alike).
 
-struct fd_case {
-  norm_kind kind;
-  index_t rows, dim;
-  bool bias, residual;
-};
-
-void check_finite_differences(const fd_case& c) {
+void check_finite_differences(const norm_fd_case& c) {
   const std::uint32_t seed = fresh_seed();
   SCOPED_TRACE(testing::Message() << name(c.kind) << " finite differences " << c.rows << " x " << c.dim << " bias "
                                   << c.bias << " residual " << c.residual << " seed " << seed);
   std::mt19937 rng(seed);
   const index_t n = c.rows * c.dim;
-  const std::vector<float> x = random_floats(rng, n, -2.0f, 3.0f), residual = random_floats(rng, n, -1.0f, 1.0f);
-  const std::vector<float> weight = random_floats(rng, c.dim, 0.5f, 1.5f), bias = random_floats(rng, c.dim, -1.f, 1.f);
-  const std::vector<double> w = widen(random_floats(rng, n, -1.0f, 1.0f)); // L = sum(w * y)
+  const norm_fd_inputs in(rng, c);
 
   // The kernels: forward (saving h, mean, rstd), then backward with dy = w.
   std::vector<float> h(static_cast<std::size_t>(n)), y(static_cast<std::size_t>(n));
@@ -198,27 +190,27 @@ void check_finite_differences(const fd_case& c) {
   const kern::cpu::context ctx(1);
   kern::ops::norm_forward_params<float> f;
   f.kind = c.kind;
-  f.x = {x.data(), c.rows, c.dim};
+  f.x = {in.x.data(), c.rows, c.dim};
   if (c.residual) {
-    f.residual = {residual.data(), c.rows, c.dim};
+    f.residual = {in.residual.data(), c.rows, c.dim};
     f.residual_out = {h.data(), c.rows, c.dim};
   } else {
-    h = x;
+    h = in.x;
   }
-  f.weight = weight.data();
-  f.bias = c.bias ? bias.data() : nullptr;
+  f.weight = in.weight.data();
+  f.bias = c.bias ? in.bias.data() : nullptr;
   f.y = {y.data(), c.rows, c.dim};
   f.mean = c.kind == norm_kind::layernorm ? mean.data() : nullptr;
   f.rstd = rstd.data();
   kern::cpu::norm_forward(ctx, f);
-  const std::vector<float> dy(w.begin(), w.end());
+  const std::vector<float> dy(in.w.begin(), in.w.end());
   std::vector<float> dx(static_cast<std::size_t>(n), nan_value);
   std::vector<float> dweight(static_cast<std::size_t>(c.dim), 0.0f), dbias(dweight);
   kern::ops::norm_backward_params<float> b;
   b.kind = c.kind;
   b.x = {h.data(), c.rows, c.dim};
   b.dy = {dy.data(), c.rows, c.dim};
-  b.weight = weight.data();
+  b.weight = in.weight.data();
   b.mean = f.mean;
   b.rstd = rstd.data();
   b.dx = {dx.data(), c.rows, c.dim};
@@ -226,33 +218,7 @@ void check_finite_differences(const fd_case& c) {
   b.dbias = c.bias ? dbias.data() : nullptr;
   kern::cpu::norm_backward(ctx, b);
 
-  // The float64 loss as a function of every input.
-  std::vector<double> x64 = widen(x), r64 = widen(residual), weight64 = widen(weight), bias64 = widen(bias);
-  const auto loss = [&] {
-    std::vector<double> in = x64;
-    if (c.residual) {
-      for (std::size_t k = 0; k < in.size(); ++k) {
-        in[k] += r64[k];
-      }
-    }
-    const reference_forward out = norm_reference(c.kind, in, c.rows, c.dim, weight64, c.bias ? &bias64 : nullptr, 1e-5);
-    double sum = 0.0;
-    for (std::size_t k = 0; k < out.y.size(); ++k) {
-      sum += w[k] * out.y[k];
-    }
-    return sum;
-  };
-  // The size of dx's terms, from the analytic float64 gradient at the kernels' h, mean and rstd.
-  const std::vector<double> dx_scale =
-      norm_backward_reference(c.kind, widen(h), w, c.rows, c.dim, weight64, widen(mean), widen(rstd)).dx_scale;
-  EXPECT_LE(scaled_error(dx, numeric_gradient(c.residual ? r64 : x64, loss), dx_scale), 1e-5) << "dx";
-  if (c.residual) {
-    EXPECT_LE(scaled_error(dx, numeric_gradient(x64, loss), dx_scale), 1e-5) << "dx (through x)";
-  }
-  EXPECT_LE(relative_error(dweight, numeric_gradient(weight64, loss)), 1e-5) << "dweight";
-  if (c.bias) {
-    EXPECT_LE(relative_error(dbias, numeric_gradient(bias64, loss)), 1e-5) << "dbias";
-  }
+  expect_gradients_match_finite_differences(c, in, h, mean, rstd, dx, dweight, dbias);
 }
 
 TEST(CpuNorm, BackwardMatchesFiniteDifferences) {

@@ -243,25 +243,17 @@ TEST(GpuNorm, BackwardLongRows) {
 // Backward against central finite differences of the float64 forward, through the kernels' own
 // forward (with the fused residual add: the gradient reaches x and residual alike).
 
-struct fd_case {
-  norm_kind kind;
-  index_t rows, dim;
-  bool bias, residual;
-};
-
-void check_finite_differences(const fd_case& c) {
+void check_finite_differences(const norm_fd_case& c) {
   const std::uint32_t seed = fresh_seed();
   SCOPED_TRACE(testing::Message() << name(c.kind) << " finite differences " << c.rows << " x " << c.dim << " bias "
                                   << c.bias << " residual " << c.residual << " seed " << seed);
   std::mt19937 rng(seed);
   const index_t n = c.rows * c.dim;
-  const std::vector<float> x = random_floats(rng, n, -2.0f, 3.0f), residual = random_floats(rng, n, -1.0f, 1.0f);
-  const std::vector<float> weight = random_floats(rng, c.dim, 0.5f, 1.5f), bias = random_floats(rng, c.dim, -1.f, 1.f);
-  const std::vector<double> w = widen(random_floats(rng, n, -1.0f, 1.0f)); // L = sum(w * y)
+  const norm_fd_inputs in(rng, c);
 
   // The kernels: forward (saving h, mean, rstd), then backward with dy = w.
-  const auto x_d = to_device(x), residual_d = to_device(residual), weight_d = to_device(weight),
-             bias_d = to_device(bias);
+  const auto x_d = to_device(in.x), residual_d = to_device(in.residual), weight_d = to_device(in.weight),
+             bias_d = to_device(in.bias);
   gpu::device_buffer<float> h_d(static_cast<std::size_t>(n)), y_d(static_cast<std::size_t>(n));
   gpu::device_buffer<float> mean_d(static_cast<std::size_t>(c.rows)), rstd_d(static_cast<std::size_t>(c.rows));
   kern::ops::norm_forward_params<float> f;
@@ -271,7 +263,7 @@ void check_finite_differences(const fd_case& c) {
     f.residual = {residual_d.data(), c.rows, c.dim};
     f.residual_out = {h_d.data(), c.rows, c.dim};
   } else {
-    gpu::copy(h_d.data(), x_d.data(), x.size(), nullptr);
+    gpu::copy(h_d.data(), x_d.data(), in.x.size(), nullptr);
   }
   f.weight = weight_d.data();
   f.bias = c.bias ? bias_d.data() : nullptr;
@@ -279,7 +271,7 @@ void check_finite_differences(const fd_case& c) {
   f.mean = c.kind == norm_kind::layernorm ? mean_d.data() : nullptr;
   f.rstd = rstd_d.data();
   gpu::norm_forward(f, nullptr);
-  const auto dy_d = to_device(std::vector<float>(w.begin(), w.end()));
+  const auto dy_d = to_device(std::vector<float>(in.w.begin(), in.w.end()));
   const auto dx_d = to_device(std::vector<float>(static_cast<std::size_t>(n), nan_value));
   const auto dweight_d = to_device(std::vector<float>(static_cast<std::size_t>(c.dim), 0.0f));
   const auto dbias_d = to_device(std::vector<float>(static_cast<std::size_t>(c.dim), 0.0f));
@@ -297,33 +289,7 @@ void check_finite_differences(const fd_case& c) {
   const std::vector<float> h = to_host(h_d), mean = to_host(mean_d), rstd = to_host(rstd_d), dx = to_host(dx_d);
   const std::vector<float> dweight = to_host(dweight_d), dbias = to_host(dbias_d);
 
-  // The float64 loss as a function of every input.
-  std::vector<double> x64 = widen(x), r64 = widen(residual), weight64 = widen(weight), bias64 = widen(bias);
-  const auto loss = [&] {
-    std::vector<double> in = x64;
-    if (c.residual) {
-      for (std::size_t k = 0; k < in.size(); ++k) {
-        in[k] += r64[k];
-      }
-    }
-    const reference_forward out = norm_reference(c.kind, in, c.rows, c.dim, weight64, c.bias ? &bias64 : nullptr, 1e-5);
-    double sum = 0.0;
-    for (std::size_t k = 0; k < out.y.size(); ++k) {
-      sum += w[k] * out.y[k];
-    }
-    return sum;
-  };
-  // The size of dx's terms, from the analytic float64 gradient at the kernels' h, mean and rstd.
-  const std::vector<double> dx_scale =
-      norm_backward_reference(c.kind, widen(h), w, c.rows, c.dim, weight64, widen(mean), widen(rstd)).dx_scale;
-  EXPECT_LE(scaled_error(dx, numeric_gradient(c.residual ? r64 : x64, loss), dx_scale), 1e-5) << "dx";
-  if (c.residual) {
-    EXPECT_LE(scaled_error(dx, numeric_gradient(x64, loss), dx_scale), 1e-5) << "dx (through x)";
-  }
-  EXPECT_LE(relative_error(dweight, numeric_gradient(weight64, loss)), 1e-5) << "dweight";
-  if (c.bias) {
-    EXPECT_LE(relative_error(dbias, numeric_gradient(bias64, loss)), 1e-5) << "dbias";
-  }
+  expect_gradients_match_finite_differences(c, in, h, mean, rstd, dx, dweight, dbias);
 }
 
 TEST(GpuNorm, BackwardMatchesFiniteDifferences) {

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <random>
 #include <vector>
 
 #include "kern/core/view.hpp"
@@ -179,6 +180,64 @@ template <class T> void expect_backward_matches_reference(const norm_backward_ch
     EXPECT_LE(scaled_error(dbias, ref.dbias, dbias_scale), 1e-5);
   } else {
     EXPECT_EQ(dbias, c.dbias_before);
+  }
+}
+
+// A check of the backward against central finite differences of the float64 forward, on the loss
+// L = sum(w * y) of y = norm(x (+ residual)) with weight (and bias): the case, and its inputs drawn
+// from one generator.
+struct norm_fd_case {
+  ops::norm_kind kind;
+  index_t rows, dim;
+  bool bias, residual;
+};
+
+struct norm_fd_inputs {
+  std::vector<float> x, residual, weight, bias;
+  std::vector<double> w;
+
+  norm_fd_inputs(std::mt19937& rng, const norm_fd_case& c)
+      : x(random_values<float>(rng, c.rows * c.dim, -2.0f, 3.0f)),
+        residual(random_values<float>(rng, c.rows * c.dim, -1.0f, 1.0f)),
+        weight(random_values<float>(rng, c.dim, 0.5f, 1.5f)), bias(random_values<float>(rng, c.dim, -1.0f, 1.0f)),
+        w(widen(random_values<float>(rng, c.rows * c.dim, -1.0f, 1.0f))) {}
+};
+
+// The gradients the kernels gave (the backward run with dy = w on the forward's h = x (+ residual),
+// mean and rstd, with dweight and dbias starting at zero) against the finite differences of L: dx
+// through the residual and through x, dweight, and dbias where there is a bias. dx's error is
+// measured against the size of its terms in the analytic float64 gradient at the kernels' h, mean
+// and rstd.
+inline void expect_gradients_match_finite_differences(const norm_fd_case& c, const norm_fd_inputs& in,
+                                                      const std::vector<float>& h, const std::vector<float>& mean,
+                                                      const std::vector<float>& rstd, const std::vector<float>& dx,
+                                                      const std::vector<float>& dweight,
+                                                      const std::vector<float>& dbias) {
+  std::vector<double> x64 = widen(in.x), r64 = widen(in.residual), weight64 = widen(in.weight), bias64 = widen(in.bias);
+  const auto loss = [&] {
+    std::vector<double> h64 = x64;
+    if (c.residual) {
+      for (std::size_t k = 0; k < h64.size(); ++k) {
+        h64[k] += r64[k];
+      }
+    }
+    const reference_forward out =
+        norm_reference(c.kind, h64, c.rows, c.dim, weight64, c.bias ? &bias64 : nullptr, 1e-5);
+    double sum = 0.0;
+    for (std::size_t k = 0; k < out.y.size(); ++k) {
+      sum += in.w[k] * out.y[k];
+    }
+    return sum;
+  };
+  const std::vector<double> dx_scale =
+      norm_backward_reference(c.kind, widen(h), in.w, c.rows, c.dim, weight64, widen(mean), widen(rstd)).dx_scale;
+  EXPECT_LE(scaled_error(dx, numeric_gradient(c.residual ? r64 : x64, loss), dx_scale), 1e-5) << "dx";
+  if (c.residual) {
+    EXPECT_LE(scaled_error(dx, numeric_gradient(x64, loss), dx_scale), 1e-5) << "dx (through x)";
+  }
+  EXPECT_LE(relative_error(dweight, numeric_gradient(weight64, loss)), 1e-5) << "dweight";
+  if (c.bias) {
+    EXPECT_LE(relative_error(dbias, numeric_gradient(bias64, loss)), 1e-5) << "dbias";
   }
 }
 
