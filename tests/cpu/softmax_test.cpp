@@ -32,12 +32,6 @@ using namespace kern::test;
 
 constexpr float inf_value = std::numeric_limits<float>::infinity();
 
-// A gradient with cancellation in it (a row's mean and projection subtracted) is held to a few fp32
-// roundings of its terms; a bf16 one to its own rounding.
-template <class T> constexpr double gradient_tolerance() {
-  return kern::dtype_of_v<T> == kern::dtype::f32 ? 1e-5 : output_tolerance<T>();
-}
-
 // ---------------------------------------------------------------------------------------------
 // Softmax forward and backward.
 
@@ -73,23 +67,12 @@ template <class T> void check_softmax_backward(const softmax_case& c) {
                                   << kern::name(kern::dtype_of_v<T>) << " seed " << seed);
   std::mt19937 rng(seed);
   const index_t ld = c.cols + c.pad;
-  host_matrix<T> x(c.rows, c.cols, c.cols, nan_value, 0.0f);
-  x.fill_random(rng, -3.0f, 3.0f);
-  const std::vector<double> y64 = softmax_reference(widen(x.values()), c.rows, c.cols, 1.0);
-  host_matrix<T> y(c.rows, c.cols, ld, nan_value, 0.0f);
-  for (index_t i = 0; i < c.rows; ++i) {
-    for (index_t j = 0; j < c.cols; ++j) {
-      y.at(i, j) = T(static_cast<float>(y64[static_cast<std::size_t>(i * c.cols + j)]));
-    }
-  }
-  host_matrix<T> dy(c.rows, c.cols, ld, c.in_place ? sentinel : nan_value, 0.0f);
-  dy.fill_random(rng, -1.0f, 1.0f);
-  const std::vector<double> ref = softmax_backward_reference(widen(y.values()), widen(dy.values()), c.rows, c.cols);
+  softmax_backward_inputs<T> in(rng, c.rows, c.cols, ld, c.in_place);
   host_matrix<T> dx(c.rows, c.cols, ld, sentinel, nan_value);
-  host_matrix<T>& out = c.in_place ? dy : dx;
-  kern::ops::softmax_backward_params<T> p{y.cview(), dy.cview(), out.view()};
+  host_matrix<T>& out = c.in_place ? in.dy : dx;
+  kern::ops::softmax_backward_params<T> p{in.y.cview(), in.dy.cview(), out.view()};
   kern::cpu::softmax_backward(kern::cpu::context(c.threads), p);
-  EXPECT_LE(relative_error(out.values(), ref), gradient_tolerance<T>());
+  EXPECT_LE(relative_error(out.values(), in.dx), gradient_tolerance<T>());
   EXPECT_TRUE(out.padding_is(sentinel)) << "padding written";
 }
 
@@ -129,30 +112,7 @@ TEST(CpuSoftmax, BackwardMatchesFiniteDifferences) {
         ctx, kern::ops::softmax_forward_params<float>{{x.data(), rows, cols}, {y.data(), rows, cols}});
     kern::cpu::softmax_backward(ctx, kern::ops::softmax_backward_params<float>{
                                          {y.data(), rows, cols}, {w.data(), rows, cols}, {dx.data(), rows, cols}});
-    std::vector<double> x64 = widen(x);
-    const std::vector<double> w64 = widen(w);
-    const std::vector<double> numeric = numeric_gradient(x64, [&] {
-      const std::vector<double> y64 = softmax_reference(x64, rows, cols, 1.0);
-      double loss = 0.0;
-      for (std::size_t k = 0; k < w64.size(); ++k) {
-        loss += w64[k] * y64[k];
-      }
-      return loss;
-    });
-    // dx = y (dy - dot) cancels: the error is measured against y (|dy| + |dot|).
-    std::vector<double> scale;
-    for (index_t i = 0; i < rows; ++i) {
-      double dot = 0.0;
-      for (index_t j = 0; j < cols; ++j) {
-        dot += static_cast<double>(y[static_cast<std::size_t>(i * cols + j)]) *
-               w64[static_cast<std::size_t>(i * cols + j)];
-      }
-      for (index_t j = 0; j < cols; ++j) {
-        const auto k = static_cast<std::size_t>(i * cols + j);
-        scale.push_back(static_cast<double>(y[k]) * (std::abs(w64[k]) + std::abs(dot)));
-      }
-    }
-    EXPECT_LE(scaled_error(dx, numeric, scale), 1e-5);
+    expect_softmax_gradient_matches_finite_differences(x, w, y, dx, rows, cols);
   }
 }
 

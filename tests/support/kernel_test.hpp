@@ -155,6 +155,12 @@ template <class T> constexpr double output_tolerance() {
   return dtype_of_v<T> == dtype::bf16 ? 8e-3 : dtype_of_v<T> == dtype::f16 ? 1e-3 : 5e-6;
 }
 
+// A gradient with cancellation in it (a row's mean, projection or dot product subtracted) is held
+// to a few fp32 roundings of its terms; a 16-bit one to its own rounding.
+template <class T> constexpr double gradient_tolerance() {
+  return dtype_of_v<T> == dtype::f32 ? 1e-5 : output_tolerance<T>();
+}
+
 // The message of the kern::error that call throws, or "(no error)".
 inline std::string error_of(const std::function<void()>& call) {
   try {

@@ -89,12 +89,6 @@ inline reference_backward norm_backward_reference(ops::norm_kind kind, const std
   return out;
 }
 
-// A gradient with cancellation in it (a row's mean and projection subtracted) is held to a few fp32
-// roundings of its terms; a 16-bit one to its own rounding.
-template <class T> constexpr double gradient_tolerance() {
-  return dtype_of_v<T> == dtype::f32 ? 1e-5 : output_tolerance<T>();
-}
-
 // What a norm forward wrote against the reference: y, mean (LayerNorm) and rstd of the rows of x,
 // plus `residual` where it is not null, in which case residual_out must hold x + residual computed
 // in fp32 and stored as T, bit for bit. The padding of the outputs must still hold the sentinel.

@@ -1,4 +1,5 @@
-// The float64 reference of the softmax ops (kern/ops/softmax.hpp), shared by the CPU and GPU tests.
+// The float64 reference of the softmax ops (kern/ops/softmax.hpp), and the inputs and checks built
+// on it, shared by the CPU and GPU tests (which differ only in how they run the kernels).
 #pragma once
 
 #include <algorithm>
@@ -6,10 +7,12 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <random>
 #include <vector>
 
 #include "kern/core/view.hpp"
 #include "kern/ops/softmax.hpp"
+#include "support/kernel_test.hpp"
 
 namespace kern::test {
 
@@ -104,6 +107,60 @@ inline ce_reference cross_entropy_reference(const std::vector<double>& logits, i
   out.loss = mean ? total / static_cast<double>(out.counted) : total;
   out.total_scale = mean ? out.total_scale / static_cast<double>(out.counted) : out.total_scale;
   return out;
+}
+
+// The inputs of a softmax backward: y = softmax(x) of random x by the reference, stored as T, and
+// random dy, rows ld apart with NaN in the padding (the sentinel in dy's where dx is written over
+// dy); and the float64 dx they give.
+template <class T> struct softmax_backward_inputs {
+  host_matrix<T> y, dy;
+  std::vector<double> dx;
+
+  softmax_backward_inputs(std::mt19937& rng, index_t rows, index_t cols, index_t ld, bool in_place)
+      : y(rows, cols, ld, nan_value, 0.0f), dy(rows, cols, ld, in_place ? sentinel : nan_value, 0.0f) {
+    host_matrix<T> x(rows, cols, cols, nan_value, 0.0f);
+    x.fill_random(rng, -3.0f, 3.0f);
+    const std::vector<double> y64 = softmax_reference(widen(x.values()), rows, cols, 1.0);
+    for (index_t i = 0; i < rows; ++i) {
+      for (index_t j = 0; j < cols; ++j) {
+        y.at(i, j) = T(static_cast<float>(y64[static_cast<std::size_t>(i * cols + j)]));
+      }
+    }
+    dy.fill_random(rng, -1.0f, 1.0f);
+    dx = softmax_backward_reference(widen(y.values()), widen(dy.values()), rows, cols);
+  }
+};
+
+// dx of L = sum(w * softmax(x)) as the kernels gave it (y by their forward, then their backward
+// with dy = w) against central differences of the float64 forward. dx = y (dy - dot) cancels: the
+// error is measured against y (|dy| + |dot|).
+inline void expect_softmax_gradient_matches_finite_differences(const std::vector<float>& x, const std::vector<float>& w,
+                                                               const std::vector<float>& y,
+                                                               const std::vector<float>& dx, index_t rows,
+                                                               index_t cols) {
+  std::vector<double> x64 = widen(x);
+  const std::vector<double> w64 = widen(w);
+  const std::vector<double> numeric = numeric_gradient(x64, [&] {
+    const std::vector<double> y64 = softmax_reference(x64, rows, cols, 1.0);
+    double loss = 0.0;
+    for (std::size_t k = 0; k < w64.size(); ++k) {
+      loss += w64[k] * y64[k];
+    }
+    return loss;
+  });
+  std::vector<double> scale;
+  for (index_t i = 0; i < rows; ++i) {
+    double dot = 0.0;
+    for (index_t j = 0; j < cols; ++j) {
+      dot +=
+          static_cast<double>(y[static_cast<std::size_t>(i * cols + j)]) * w64[static_cast<std::size_t>(i * cols + j)];
+    }
+    for (index_t j = 0; j < cols; ++j) {
+      const auto k = static_cast<std::size_t>(i * cols + j);
+      scale.push_back(static_cast<double>(y[k]) * (std::abs(w64[k]) + std::abs(dot)));
+    }
+  }
+  EXPECT_LE(scaled_error(dx, numeric, scale), 1e-5);
 }
 
 } // namespace kern::test
