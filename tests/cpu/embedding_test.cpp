@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "kern/cpu.hpp"
+#include "support/embedding_reference.hpp"
 #include "support/kernel_test.hpp"
 
 namespace {
@@ -22,21 +23,6 @@ namespace {
 using kern::bf16;
 using kern::index_t;
 using namespace kern::test;
-
-// A table or gradient: the padding holds `padding` (the last row's too, so that a write past the
-// last element shows), the elements NaN until a test fills them.
-template <class T> host_matrix<T> make_matrix(index_t rows, index_t cols, index_t ld, float padding) {
-  return host_matrix<T>(rows, cols, ld, padding, nan_value, buffer_end::last_row_padding);
-}
-
-std::vector<std::int32_t> random_tokens(std::mt19937& rng, index_t n, index_t vocab) {
-  std::uniform_int_distribution<std::int32_t> pick(0, static_cast<std::int32_t>(vocab - 1));
-  std::vector<std::int32_t> tokens(static_cast<std::size_t>(n));
-  for (auto& t : tokens) {
-    t = pick(rng);
-  }
-  return tokens;
-}
 
 struct embedding_case {
   index_t batch, seq, dim, vocab, positions; // positions 0: no position table
@@ -62,13 +48,7 @@ template <class T> void check_embedding(const embedding_case& c, index_t offset,
 
   // Forward.
   host_matrix<T> out = make_matrix<T>(rows, c.dim, c.dim + 2, 7.0f);
-  std::vector<double> out_ref;
-  for (index_t r = 0; r < rows; ++r) {
-    for (index_t j = 0; j < c.dim; ++j) {
-      const double position = has_positions ? wpe.at(offset + r % c.seq, j) : 0.0;
-      out_ref.push_back(static_cast<double>(wte.at(tokens[static_cast<std::size_t>(r)], j)) + position);
-    }
-  }
+  const std::vector<double> out_ref = embedding_forward_reference(tokens, wte, wpe, c.seq, offset);
   kern::ops::embedding_forward_params<T> fwd;
   fwd.tokens = tokens.data();
   fwd.batch = c.batch;
@@ -90,16 +70,7 @@ template <class T> void check_embedding(const embedding_case& c, index_t offset,
   host_matrix<float> dwpe = make_matrix<float>(c.positions, c.dim, c.dim, nan_value);
   dwte.fill_random(rng);
   dwpe.fill_random(rng);
-  std::vector<double> dwte_ref = widen(dwte.values()), dwpe_ref = widen(dwpe.values());
-  for (index_t r = 0; r < rows; ++r) {
-    for (index_t j = 0; j < c.dim; ++j) {
-      const double g = static_cast<float>(dout.at(r, j));
-      dwte_ref[static_cast<std::size_t>(tokens[static_cast<std::size_t>(r)] * c.dim + j)] += g;
-      if (has_positions) {
-        dwpe_ref[static_cast<std::size_t>((offset + r % c.seq) * c.dim + j)] += g;
-      }
-    }
-  }
+  const embedding_backward_reference<T> ref(tokens, dout, dwte, dwpe, c.seq, offset);
   kern::ops::embedding_backward_params<T> bwd;
   bwd.tokens = tokens.data();
   bwd.batch = c.batch;
@@ -111,8 +82,8 @@ template <class T> void check_embedding(const embedding_case& c, index_t offset,
   }
   bwd.position_offset = offset;
   kern::cpu::embedding_backward(ctx, bwd);
-  EXPECT_LT(relative_error(dwte.values(), dwte_ref), 1e-6);
-  EXPECT_LT(relative_error(dwpe.values(), dwpe_ref), 1e-6);
+  EXPECT_LT(relative_error(dwte.values(), ref.dwte), 1e-6);
+  EXPECT_LT(relative_error(dwpe.values(), ref.dwpe), 1e-6);
 }
 
 TEST(CpuEmbedding, MatchesReference) {
@@ -134,43 +105,18 @@ TEST(CpuEmbedding, BackwardMatchesFiniteDifferences) {
   const std::uint32_t seed = fresh_seed();
   SCOPED_TRACE(testing::Message() << "seed " << seed);
   std::mt19937 rng(seed);
-  const index_t batch = 2, seq = 3, dim = 5, vocab = 4, positions = 6, offset = 1;
-  const std::vector<std::int32_t> tokens = random_tokens(rng, batch * seq, vocab);
-  host_matrix<float> w = make_matrix<float>(batch * seq, dim, dim, 0.0f);
-  w.fill_random(rng);
-  // Both tables in one vector: token table, then position table.
-  std::vector<double> tables = widen(random_values<float>(rng, (vocab + positions) * dim));
-  const auto loss = [&](const std::vector<double>& t) {
-    double l = 0.0;
-    for (index_t r = 0; r < batch * seq; ++r) {
-      for (index_t j = 0; j < dim; ++j) {
-        const double e = t[static_cast<std::size_t>(tokens[static_cast<std::size_t>(r)] * dim + j)] +
-                         t[static_cast<std::size_t>((vocab + offset + r % seq) * dim + j)];
-        l += w.at(r, j) * e;
-      }
-    }
-    return l;
-  };
-  std::vector<double> numeric(tables.size());
-  for (std::size_t k = 0; k < tables.size(); ++k) {
-    const double t0 = tables[k], h = 1e-6;
-    tables[k] = t0 + h;
-    const double up = loss(tables);
-    tables[k] = t0 - h;
-    numeric[k] = (up - loss(tables)) / (2.0 * h);
-    tables[k] = t0;
-  }
-  std::vector<float> grads(tables.size(), 0.0f);
+  const embedding_fd_problem fd(rng);
+  std::vector<float> grads(fd.numeric.size(), 0.0f);
   kern::ops::embedding_backward_params<float> bwd;
-  bwd.tokens = tokens.data();
-  bwd.batch = batch;
-  bwd.seq = seq;
-  bwd.dout = w.cview();
-  bwd.token_grad = {grads.data(), vocab, dim};
-  bwd.position_grad = {grads.data() + vocab * dim, positions, dim};
-  bwd.position_offset = offset;
+  bwd.tokens = fd.tokens.data();
+  bwd.batch = fd.batch;
+  bwd.seq = fd.seq;
+  bwd.dout = fd.w.cview();
+  bwd.token_grad = {grads.data(), fd.vocab, fd.dim};
+  bwd.position_grad = {grads.data() + fd.vocab * fd.dim, fd.positions, fd.dim};
+  bwd.position_offset = fd.offset;
   kern::cpu::embedding_backward(kern::cpu::context(1), bwd);
-  EXPECT_LT(relative_error(grads, numeric), 1e-6);
+  EXPECT_LT(relative_error(grads, fd.numeric), 1e-6);
 }
 
 // Many rows share few token ids: the sums must not depend on the thread count or the run.

@@ -21,6 +21,7 @@
 #include <gtest/gtest.h>
 
 #include "kern/gpu/embedding.hpp"
+#include "support/embedding_reference.hpp"
 #include "support/gpu_test.hpp"
 
 namespace {
@@ -42,21 +43,6 @@ struct workspace {
   explicit workspace(std::size_t bytes) : buffer(bytes) {}
   void* get() const { return buffer.data(); }
 };
-
-// A matrix whose elements hold `fill` (NaN until a test fills them) and whose padding (the last
-// row's too) holds `padding`.
-template <class T> host_matrix<T> make_matrix(index_t rows, index_t cols, index_t ld, float padding) {
-  return host_matrix<T>(rows, cols, ld, padding, nan_value, buffer_end::last_row_padding);
-}
-
-std::vector<std::int32_t> random_tokens(std::mt19937& rng, index_t n, index_t vocab) {
-  std::uniform_int_distribution<std::int32_t> pick(0, static_cast<std::int32_t>(vocab - 1));
-  std::vector<std::int32_t> tokens(static_cast<std::size_t>(n));
-  for (auto& t : tokens) {
-    t = pick(rng);
-  }
-  return tokens;
-}
 
 bool valid_id(std::int32_t id, index_t vocab) { return id >= 0 && id < vocab; }
 
@@ -157,13 +143,7 @@ template <class T> void check_embedding(const embedding_case& c, index_t offset,
   const device_matrix<float> d_wte(wte, shift), d_wpe(wpe, shift);
 
   // Forward.
-  std::vector<double> out_ref;
-  for (index_t r = 0; r < rows; ++r) {
-    for (index_t j = 0; j < c.dim; ++j) {
-      const double position = has_positions ? wpe.at(offset + r % c.seq, j) : 0.0;
-      out_ref.push_back(static_cast<double>(wte.at(tokens[static_cast<std::size_t>(r)], j)) + position);
-    }
-  }
+  const std::vector<double> out_ref = embedding_forward_reference(tokens, wte, wpe, c.seq, offset);
   const device_matrix<T> out(make_matrix<T>(rows, c.dim, ld_of(l, c.dim, 2), sentinel), shift);
   kern::ops::embedding_forward_params<T> fwd;
   fwd.tokens = d_tokens.data();
@@ -188,16 +168,7 @@ template <class T> void check_embedding(const embedding_case& c, index_t offset,
   host_matrix<float> dwpe = make_matrix<float>(c.positions, c.dim, ld_of(l, c.dim, 0), sentinel);
   dwte.fill_random(rng);
   dwpe.fill_random(rng);
-  std::vector<double> dwte_ref = widen(dwte.values()), dwpe_ref = widen(dwpe.values());
-  for (index_t r = 0; r < rows; ++r) {
-    for (index_t j = 0; j < c.dim; ++j) {
-      const double g = static_cast<float>(dout.at(r, j));
-      dwte_ref[static_cast<std::size_t>(tokens[static_cast<std::size_t>(r)] * c.dim + j)] += g;
-      if (has_positions) {
-        dwpe_ref[static_cast<std::size_t>((offset + r % c.seq) * c.dim + j)] += g;
-      }
-    }
-  }
+  const embedding_backward_reference<T> ref(tokens, dout, dwte, dwpe, c.seq, offset);
   const device_matrix<T> d_dout(dout, shift);
   const device_matrix<float> d_dwte(dwte, shift), d_dwpe(dwpe, shift);
   kern::ops::embedding_backward_params<T> bwd;
@@ -214,8 +185,8 @@ template <class T> void check_embedding(const embedding_case& c, index_t offset,
   kern::gpu::embedding_backward(bwd, scratch.get(), invalid.get(), nullptr);
   EXPECT_EQ(invalid.read(), 0U);
   const host_matrix<float> dwte_out = d_dwte.read(), dwpe_out = d_dwpe.read();
-  EXPECT_LT(relative_error(dwte_out.values(), dwte_ref), 1e-6);
-  EXPECT_LT(relative_error(dwpe_out.values(), dwpe_ref), 1e-6);
+  EXPECT_LT(relative_error(dwte_out.values(), ref.dwte), 1e-6);
+  EXPECT_LT(relative_error(dwpe_out.values(), ref.dwpe), 1e-6);
   EXPECT_TRUE(dwte_out.padding_is(sentinel) && dwpe_out.padding_is(sentinel)) << "wrote into a gradient's padding";
 
   fixed_order_token_grad(tokens, dout, dwte);
@@ -386,46 +357,21 @@ TEST(GpuEmbedding, BackwardMatchesFiniteDifferences) {
   const std::uint32_t seed = fresh_seed();
   SCOPED_TRACE(testing::Message() << "seed " << seed);
   std::mt19937 rng(seed);
-  const index_t batch = 2, seq = 3, dim = 5, vocab = 4, positions = 6, offset = 1;
-  const std::vector<std::int32_t> tokens = random_tokens(rng, batch * seq, vocab);
-  host_matrix<float> w = make_matrix<float>(batch * seq, dim, dim, 0.0f);
-  w.fill_random(rng);
-  // Both tables in one vector: token table, then position table.
-  std::vector<double> tables = widen(random_values<float>(rng, (vocab + positions) * dim));
-  const auto loss = [&](const std::vector<double>& t) {
-    double l = 0.0;
-    for (index_t r = 0; r < batch * seq; ++r) {
-      for (index_t j = 0; j < dim; ++j) {
-        const double e = t[static_cast<std::size_t>(tokens[static_cast<std::size_t>(r)] * dim + j)] +
-                         t[static_cast<std::size_t>((vocab + offset + r % seq) * dim + j)];
-        l += w.at(r, j) * e;
-      }
-    }
-    return l;
-  };
-  std::vector<double> numeric(tables.size());
-  for (std::size_t k = 0; k < tables.size(); ++k) {
-    const double t0 = tables[k], h = 1e-6;
-    tables[k] = t0 + h;
-    const double up = loss(tables);
-    tables[k] = t0 - h;
-    numeric[k] = (up - loss(tables)) / (2.0 * h);
-    tables[k] = t0;
-  }
-  const auto d_tokens = to_device(tokens);
-  const device_matrix<float> d_w(w, 0);
-  const auto grads = to_device(std::vector<float>(tables.size(), 0.0f));
+  const embedding_fd_problem fd(rng);
+  const auto d_tokens = to_device(fd.tokens);
+  const device_matrix<float> d_w(fd.w, 0);
+  const auto grads = to_device(std::vector<float>(fd.numeric.size(), 0.0f));
   kern::ops::embedding_backward_params<float> bwd;
   bwd.tokens = d_tokens.data();
-  bwd.batch = batch;
-  bwd.seq = seq;
+  bwd.batch = fd.batch;
+  bwd.seq = fd.seq;
   bwd.dout = d_w.cview();
-  bwd.token_grad = {grads.data(), vocab, dim};
-  bwd.position_grad = {grads.data() + vocab * dim, positions, dim};
-  bwd.position_offset = offset;
+  bwd.token_grad = {grads.data(), fd.vocab, fd.dim};
+  bwd.position_grad = {grads.data() + fd.vocab * fd.dim, fd.positions, fd.dim};
+  bwd.position_offset = fd.offset;
   const workspace scratch(kern::gpu::embedding_backward_workspace_bytes(bwd));
   kern::gpu::embedding_backward(bwd, scratch.get(), nullptr, nullptr);
-  EXPECT_LT(relative_error(to_host(grads), numeric), 1e-6);
+  EXPECT_LT(relative_error(to_host(grads), fd.numeric), 1e-6);
 }
 
 TEST(GpuEmbedding, NanPropagates) {
