@@ -69,8 +69,8 @@ template <class TC> bool has_epilogue(const tile_target<TC>& t) {
 // One element or one vector of the tile through the whole update; V is float or a batch, and the
 // loads and stores are passed in so that both widths share the arithmetic. Without Epilogue the
 // caller has made sure that the tile has none (!t.last or !has_epilogue(t)).
-template <bool Epilogue = true, class V, class TC, class Load, class Store> [[gnu::always_inline]] inline void
-finish_element(const tile_target<TC>& t, V acc, index_t i, index_t j, Load load, Store store) {
+template <bool Epilogue = true, class V, class TC, class Load, class Store>
+void finish_element(const tile_target<TC>& t, V acc, index_t i, index_t j, Load load, Store store) {
   V v = V(t.alpha) * acc;
   if (!t.first) {
     v = v + load(t.partial + i * t.ld_partial + j);
@@ -96,11 +96,9 @@ finish_element(const tile_target<TC>& t, V acc, index_t i, index_t j, Load load,
 }
 
 // Row i of a full tile with no epilogue, straight from the kernel's registers: the same arithmetic
-// as write_tile, without the trip through memory. Always inlined: called out of line, it takes the
-// row by reference, and the kernel stores all of its accumulators to the stack to pass them (a
-// 768 x 3072 x 256 weight gradient spent 10% of its time here; inlined, 3-8% faster).
-template <class Arch, class TC, int NV> [[gnu::always_inline]] inline void
-finish_row(const tile_target<TC>& t, index_t i, const xsimd::batch<float, Arch> (&values)[NV]) {
+// as write_tile, without the trip through memory.
+template <class Arch, class TC, int NV>
+void finish_row(const tile_target<TC>& t, index_t i, const xsimd::batch<float, Arch> (&values)[NV]) {
   using batch = xsimd::batch<float, Arch>;
   constexpr index_t lanes = static_cast<index_t>(batch::size);
   const auto load = [](const auto* p) { return load_float<Arch>(p); };
