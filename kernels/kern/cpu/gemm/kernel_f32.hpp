@@ -297,7 +297,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
                                                                 float* __restrict acc) {
     batch sum[V];
 #pragma GCC unroll 16
-    for (int v = 0; v < V; ++v) {
+    for (index_t v = 0; v < V; ++v) {
       sum[v] = batch::load_aligned(acc + v * lanes);
     }
     for (index_t k = 0; k < kc_steps; ++k) {
@@ -305,12 +305,12 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
       __builtin_prefetch(row + 8 * ldb, 0, 3);
       const batch ak(a[k * MR]);
 #pragma GCC unroll 16
-      for (int v = 0; v < V; ++v) {
+      for (index_t v = 0; v < V; ++v) {
         sum[v] = xsimd::fma(ak, load_float<Arch>(row + v * lanes), sum[v]);
       }
     }
 #pragma GCC unroll 16
-    for (int v = 0; v < V; ++v) {
+    for (index_t v = 0; v < V; ++v) {
       sum[v].store_aligned(acc + v * lanes);
     }
   }
@@ -325,12 +325,12 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
                                                  const T* __restrict b, index_t ldb, index_t width,
                                                  float* __restrict acc, index_t ld_acc) {
     if (rows == 1) {
-      constexpr int chunk = 8; // vectors: eight cache lines per row of B on AVX-512
+      constexpr index_t chunk = 8; // vectors: eight cache lines per row of B on AVX-512
       index_t j = 0;
       for (; j + chunk * lanes <= width; j += chunk * lanes) {
         accumulate_column_chunk<chunk>(kc_steps, a, b + j, ldb, acc + j);
       }
-      for (; j < width; j += NV * lanes) {
+      for (; j < width; j += index_t{NV} * lanes) {
         accumulate_column_chunk<NV>(kc_steps, a, b + j, ldb, acc + j);
       }
       return;
