@@ -259,10 +259,11 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
               if (k_shares > 1) {
                 t.beta = 0.0f; // a share's own sums; beta * C joins once, when the shares are added
               }
-              // The rows of partial sums (C itself for f32) of this tile and the next are asked into
-              // L2 while the kernel computes: into L1 they would be evicted by the micro-panels
-              // streaming through it before the epilogue reads them (C reads of the dW += X^T dY
-              // shapes stalled 16% of the time on two threads).
+              // The rows of partial sums (C itself for f32) of this tile and the next are asked for
+              // while the kernel computes (C reads of the dW += X^T dY shapes stalled 16% of the time
+              // on two threads without), and those of a tile finished from the registers once more
+              // near the end of its k loop: the micro-panels streaming through L1 and L2 evict some
+              // of them before the epilogue reads them.
               const index_t row_bytes = t.ld_partial * index_t{sizeof(float)}, tile_bytes = nr * index_t{sizeof(float)};
               if (ir == 0) {
                 prefetch_tile(t.partial, row_bytes, std::min<index_t>(MR, mc), tile_bytes);
@@ -273,11 +274,13 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
               }
               const bool full_tile = ir + MR <= mc && nr == NR;
               if constexpr (requires(const packed* x) {
-                              Kernel::run_rows(kc, x, x, NR, [](index_t, const auto&) {});
+                              Kernel::run_rows(
+                                  kc, x, x, NR, [] {}, [](index_t, const auto&) {});
                             }) {
                 if (full_tile && !(t.last && has_epilogue(t))) { // C is updated from the registers
                   Kernel::run_rows(
                       kc, a_panel, b_panel, Kernel::panel_ld,
+                      [&] { prefetch_tile(t.partial, row_bytes, MR, tile_bytes); },
                       [&](index_t i, const auto& values) { finish_row<arch>(t, i, values); }, a_k_step);
                   continue;
                 }
