@@ -43,6 +43,11 @@ inline constexpr index_t small_m = 4;
 // blocks).
 inline constexpr index_t single_block_rows = 336;
 inline constexpr index_t single_block_min_panels = 4;
+// A packed block of A larger than this leaves no room in L2 (1 MiB or more on AVX-512 machines)
+// for the B micro-panel, and comes from L3: the micro-kernel then asks for it ahead. 256 x 768 x
+// 3072 (a 1 MiB block) went from 0.87x to 0.90x oneDNN; asking for MC blocks, which stay in L2,
+// lost 1-2% at 4096^3.
+inline constexpr std::size_t a_block_l2_bytes = std::size_t{640} * 1024;
 
 // Elements of op(B) packed for the whole K x N by Kernel (what a pre-packed B holds).
 template <class Kernel> constexpr std::size_t packed_b_size(index_t k, index_t n) {
@@ -172,6 +177,9 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
     return range{panels_of_block.begin * MR, std::min(M, panels_of_block.end * MR)};
   };
   const index_t max_block_rows = (m_panels + ic_blocks - 1) / ic_blocks * MR;
+  const bool a_far = static_cast<std::size_t>(max_block_rows * Kernel::padded_depth(std::min<index_t>(K, Kernel::kc))) *
+                         sizeof(packed) >
+                     a_block_l2_bytes;
 
   // With one block of rows every panel of B has a single user, which packs it just before use (into
   // L1/L2, no trip through memory), and all of N is one column block: NC bounds only the shared
@@ -281,7 +289,7 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
                   Kernel::run_rows(
                       kc, a_panel, b_panel, Kernel::panel_ld,
                       [&] { prefetch_tile(t.partial, row_bytes, MR, tile_bytes); },
-                      [&](index_t i, const auto& values) { finish_row<arch>(t, i, values); }, a_k_step);
+                      [&](index_t i, const auto& values) { finish_row<arch>(t, i, values); }, a_k_step, a_far);
                   continue;
                 }
               }

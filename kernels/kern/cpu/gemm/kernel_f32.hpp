@@ -387,10 +387,12 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   // near_end() runs near_end_steps k steps before the end (the driver asks for the tile's C there),
   // and row i of the finished tile is handed to row(i, its NV vectors) while it is still in
   // registers. a_k_step replaces AKStep where A is read in place with a run-time stride (the stored
-  // rows of A^T).
+  // rows of A^T); A is then asked for ahead, as it is with a_far (a packed block of A too large for
+  // L2, so streamed from L3).
   template <class T, index_t ARowStep = 1, index_t AKStep = MR, class NearEnd, class Row>
   static void run_rows(index_t kc_steps, const float* __restrict a, const T* __restrict b, index_t ldb,
-                       NearEnd&& near_end, Row&& row, index_t a_k_step = AKStep) {
+                       NearEnd&& near_end, Row&& row, index_t a_k_step = AKStep, bool a_far = false) {
+    const bool ask_for_a = a_far || a_k_step != AKStep;
     batch acc[MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -413,7 +415,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
       for (index_t line = 0; line < b_row_lines; ++line) {
         __builtin_prefetch(b_ahead + line * 64, 0, 3);
       }
-      if (a_k_step != AKStep) { // A read in place, one stored row per k: ask for it 64 rows ahead
+      if (ask_for_a) { // 64 k steps ahead (in place, a step's MR values may straddle two lines)
         __builtin_prefetch(a + (k + 64) * a_k_step, 0, 3);
         __builtin_prefetch(a + (k + 64) * a_k_step + 16, 0, 3);
       }
