@@ -45,8 +45,8 @@ inline constexpr index_t single_block_rows = 336;
 inline constexpr index_t single_block_min_panels = 4;
 // A packed block of A larger than this leaves no room in L2 (1 MiB or more on AVX-512 machines)
 // for the B micro-panel, and comes from L3: the micro-kernel then asks for it ahead. 256 x 768 x
-// 3072 (a 1 MiB block) went from 0.87x to 0.90x oneDNN; asking for MC blocks, which stay in L2,
-// lost 1-2% at 4096^3.
+// 3072 (a 1 MiB block) went from 0.87-0.90x to 0.89-0.90x oneDNN on one thread (bench/gemm, two
+// builds interleaved); asking for MC blocks, which stay in L2, lost 1-2% at 4096^3.
 inline constexpr std::size_t a_block_l2_bytes = std::size_t{640} * 1024;
 
 // Elements of op(B) packed for the whole K x N by Kernel (what a pre-packed B holds).
@@ -176,8 +176,8 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
   // are first split exactly among the threads and each thread's share is then cut into panels, so
   // that the only short panel is the last of each share: 768 rows are 55 panels, 28 for one thread
   // and 27 for the other when split as panels, but 27 and a 6-row one for each when split as rows.
-  // Each thread's rows are then also contiguous. On two threads 768 x 768 x 256 dW went from 0.80x
-  // to 0.89x oneDNN, and 1024^3 and 2048^3 from 0.93-0.96x to 0.99x.
+  // Each thread's rows are then also contiguous. On two threads the 768-row weight gradients went
+  // from 0.80-0.93x to 0.91-0.94x oneDNN (bench/gemm, two builds interleaved).
   const bool rows_per_thread = ic_blocks >= threads && ic_blocks % threads == 0;
   const auto row_block = [&](index_t block) {
     if (!rows_per_thread) {

@@ -80,11 +80,12 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   static constexpr int nc = 1024;
   static constexpr int default_mr = wide ? 14 : 6;
 
-  // k steps ahead at which the micro-kernel asks for a row of B.
-  static constexpr index_t b_prefetch_steps = 64;
+  // k steps ahead at which the micro-kernel asks for a row of B (and of A, where it does).
+  static constexpr index_t prefetch_steps = 64;
   // k steps before the end of a tile at which the driver asks for its C rows (about 2,000 cycles
   // of FMAs: more than a DRAM access). Asked for a tile ahead only, they were often gone again by
-  // the time the epilogue read them: 4096 x 4096 x 1024 with beta = 1 went from 0.95x to 0.97x oneDNN.
+  // the time the epilogue read them: under perf at 4096^3 the epilogue's C loads fell from 3.5% of
+  // the time to 2.9% with this.
   static constexpr index_t near_end_steps = 160;
 
   // Packed values per k step of a micro-panel row (1 here; 2 for the bf16 pair kernel).
@@ -409,15 +410,16 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
         bk[v] = load_float<Arch>(b + k * ldb + v * lanes);
       }
       // The hardware prefetchers alone left the loop waiting on B (packed panels come from L2, and
-      // from L3 for the first tile of each): 4096^3 went from 0.93x to 0.96x oneDNN with this.
-      const char* b_ahead = reinterpret_cast<const char*>(b + (k + b_prefetch_steps) * ldb);
+      // from L3 for the first tile of each): 4096^3 on one thread went from 0.91-0.92x to 0.94x
+      // oneDNN with this (bench/gemm, two builds interleaved).
+      const char* b_ahead = reinterpret_cast<const char*>(b + (k + prefetch_steps) * ldb);
 #pragma GCC unroll 4
       for (index_t line = 0; line < b_row_lines; ++line) {
         __builtin_prefetch(b_ahead + line * 64, 0, 3);
       }
-      if (ask_for_a) { // 64 k steps ahead (in place, a step's MR values may straddle two lines)
-        __builtin_prefetch(a + (k + 64) * a_k_step, 0, 3);
-        __builtin_prefetch(a + (k + 64) * a_k_step + 16, 0, 3);
+      if (ask_for_a) { // two lines: in place, a step's MR values may straddle them
+        __builtin_prefetch(a + (k + prefetch_steps) * a_k_step, 0, 3);
+        __builtin_prefetch(a + (k + prefetch_steps) * a_k_step + 16, 0, 3);
       }
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
