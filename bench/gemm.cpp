@@ -7,6 +7,7 @@
 //   a GPT-2-small layer, Y = X W with X M x K and W K x N, M in {256, 1024} tokens and
 //   (K, N) in {(768, 2304) qkv, (768, 768) attention out, (768, 3072) MLP up, (3072, 768) MLP down},
 //   and its backward: _dX, dX = dY W^T (trans_b), and _dW, dW += X^T dY (trans_a, beta = 1);
+//   768x2304x256_dW_offset16, the qkv weight gradient with A, B and C 16 bytes past a cache line;
 //   a long, narrow weight gradient, 288x16x16384_dW: a rank-16 adapter on the 288-wide llama2.c
 //   model over 16384 tokens (one micro-panel of B: the rows are what the threads share);
 //   _decode, one token against GPT-2's 768 x 50304 output projection, which streams the weights:
@@ -129,6 +130,9 @@ struct gemm_case {
   bool trans_a = false, trans_b = false;
   float beta = 0.0f;
   std::string_view tag = {}; // "", "dX", "dW" or "decode"
+  // Elements by which A, B and C start past a 64-byte boundary: 4 (16 bytes) is where glibc's
+  // malloc, and so a std::vector, puts a large block. Rows of C then straddle cache lines.
+  index_t offset = 0;
 
   index_t a_rows() const { return trans_a ? k : m; }
   index_t a_cols() const { return trans_a ? m : k; }
@@ -140,6 +144,9 @@ struct gemm_case {
     if (!tag.empty()) {
       s += '_';
       s += tag;
+    }
+    if (offset != 0) {
+      s += "_offset" + std::to_string(offset * 4);
     }
     return s;
   }
@@ -158,17 +165,23 @@ template <class T> void fill_uniform(kern::aligned_buffer<T>& buffer, std::uint6
   }
 }
 
-// A, B and C of one problem, 64-byte aligned, filled once per benchmark run (C too: beta = 1 reads it).
+// A, B and C of one problem, each g.offset elements past a 64-byte boundary, filled once per
+// benchmark run (C too: beta = 1 reads it).
 template <class TA, class TB> struct operands {
-  kern::aligned_buffer<TA> a;
-  kern::aligned_buffer<TB> b;
-  kern::aligned_buffer<float> c;
+  kern::aligned_buffer<TA> a_buffer;
+  kern::aligned_buffer<TB> b_buffer;
+  kern::aligned_buffer<float> c_buffer;
+  TA* a;
+  TB* b;
+  float* c;
   explicit operands(const gemm_case& g)
-      : a(static_cast<std::size_t>(g.m * g.k)), b(static_cast<std::size_t>(g.k * g.n)),
-        c(static_cast<std::size_t>(g.m * g.n)) {
-    fill_uniform(a, 1);
-    fill_uniform(b, 2);
-    fill_uniform(c, 3);
+      : a_buffer(static_cast<std::size_t>(g.m * g.k + g.offset)),
+        b_buffer(static_cast<std::size_t>(g.k * g.n + g.offset)),
+        c_buffer(static_cast<std::size_t>(g.m * g.n + g.offset)), a(a_buffer.data() + g.offset),
+        b(b_buffer.data() + g.offset), c(c_buffer.data() + g.offset) {
+    fill_uniform(a_buffer, 1);
+    fill_uniform(b_buffer, 2);
+    fill_uniform(c_buffer, 3);
   }
 };
 
@@ -213,7 +226,7 @@ kern_params(const gemm_case& g, const TA* a, const TB* b, float* c, gemm_compute
 template <class TA, class TB> void bench_kern(benchmark::State& state, const gemm_case& g, gemm_compute compute) {
   operands<TA, TB> x(g);
   const kern::cpu::context ctx(threads_of(state));
-  const auto p = kern_params<TA, TB>(g, x.a.data(), x.b.data(), x.c.data(), compute);
+  const auto p = kern_params<TA, TB>(g, x.a, x.b, x.c, compute);
   timed_loop(state, [&] { kern::cpu::gemm(ctx, p); });
   report(state, g, sizeof(TB));
 }
@@ -231,7 +244,7 @@ void openblas_sgemm(const gemm_case& g, const float* a, const float* b, float* c
 void bench_openblas(benchmark::State& state, const gemm_case& g) {
   operands<float, float> x(g);
   openblas_set_num_threads(threads_of(state));
-  timed_loop(state, [&] { openblas_sgemm(g, x.a.data(), x.b.data(), x.c.data()); });
+  timed_loop(state, [&] { openblas_sgemm(g, x.a, x.b, x.c); });
   report(state, g, sizeof(float));
 }
 #endif
@@ -258,7 +271,7 @@ void onednn_sgemm(const gemm_case& g, const float* a, const float* b, float* c) 
 void bench_onednn_sgemm(benchmark::State& state, const gemm_case& g) {
   operands<float, float> x(g);
   set_openmp_threads(threads_of(state));
-  timed_loop(state, [&] { onednn_sgemm(g, x.a.data(), x.b.data(), x.c.data()); });
+  timed_loop(state, [&] { onednn_sgemm(g, x.a, x.b, x.c); });
   report(state, g, sizeof(float));
 }
 
@@ -310,7 +323,7 @@ template <class T> void bench_onednn_matmul(benchmark::State& state, const gemm_
   operands<T, T> x(g);
   set_openmp_threads(threads_of(state));
   try {
-    onednn_matmul<T> mm(g, fpmath_bf16, x.a.data(), x.b.data(), x.c.data());
+    onednn_matmul<T> mm(g, fpmath_bf16, x.a, x.b, x.c);
     state.SetLabel(mm.impl()); // oneDNN's implementation, e.g. brg:avx512_core_bf16
     timed_loop(state, [&] { mm.run(); });
   } catch (const dnnl::error& e) {
@@ -331,9 +344,7 @@ void bench_eigen(benchmark::State& state, const gemm_case& g) {
   }
   operands<float, float> x(g);
   const int threads = threads_of(state);
-  timed_loop(state, [&] {
-    eigen_peer::gemm(threads, g.trans_a, g.trans_b, g.m, g.n, g.k, x.a.data(), x.b.data(), g.beta, x.c.data());
-  });
+  timed_loop(state, [&] { eigen_peer::gemm(threads, g.trans_a, g.trans_b, g.m, g.n, g.k, x.a, x.b, g.beta, x.c); });
   report(state, g, sizeof(float));
 }
 #endif
@@ -430,6 +441,9 @@ const bool registered = [] {
       add_shape({.m = w.k, .n = w.n, .k = m, .trans_a = true, .beta = 1.0f, .tag = "dW"}, true); // dW += X^T dY
     }
   }
+  // A weight gradient whose operands are not 64-byte aligned (as from std::vector): each row of a C
+  // tile straddles three cache lines instead of filling two.
+  add_shape({.m = 768, .n = 2304, .k = 256, .trans_a = true, .beta = 1.0f, .tag = "dW", .offset = 4}, false);
   add_shape({.m = 288, .n = 16, .k = 16384, .trans_a = true, .beta = 1.0f, .tag = "dW"}, true);
   add_shape({.m = 1, .n = 50304, .k = 768, .tag = "decode"}, false);
   return true;

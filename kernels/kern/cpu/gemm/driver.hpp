@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <type_traits>
 
 #include "kern/core/threading.hpp"
@@ -104,11 +105,15 @@ const typename Kernel::packed* pack_b_for_use(const op_view<TB>& b, index_t row0
 }
 
 // Asks for the cache lines of a rows x bytes tile (row stride `stride` bytes) ahead of its use,
-// into L2, for writing.
+// into L2, for writing. A row that starts inside a line spans one line more: all of them are asked
+// for: with the operands 16 bytes past a line, 768x2304x256_dW went from 0.79-0.86x oneDNN to
+// 0.83-0.89x on one thread and from 0.73-0.91x to 0.87-0.89x on two (bench/gemm, two builds
+// interleaved).
 inline void prefetch_tile(const void* tile, index_t stride, index_t rows, index_t bytes) {
   const auto* base = static_cast<const char*>(tile);
+  const auto first_line = -static_cast<index_t>(reinterpret_cast<std::uintptr_t>(tile) % 64);
   for (index_t i = 0; i < rows; ++i) {
-    for (index_t offset = 0; offset < bytes; offset += 64) {
+    for (index_t offset = first_line; offset < bytes; offset += 64) {
       __builtin_prefetch(base + i * stride + offset, 1, 2);
     }
   }
