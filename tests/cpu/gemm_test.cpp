@@ -407,8 +407,9 @@ struct shape {
 
 // The shapes every type combination runs: all (M, N) pairs of a subset with every K (M = 1..4 and
 // 5 straddle the GEMV path), the diagonal, a few large ones (past the cache blocks in every
-// dimension: K past 1024 and 2048, N past 1024), and the GEMV shapes of a transformer's decode step
-// (M = 1..4, N = 3000), one of them past several K blocks.
+// dimension: K past 1024 and 2048, N past 1024; and many rows over a short K, which make one block
+// of rows), and the GEMV shapes of a transformer's decode step (M = 1..4, N = 3000), one of them past
+// several K blocks.
 std::vector<shape> sweep_shapes() {
   std::vector<shape> shapes;
   for (index_t m : {0, 1, 2, 3, 4, 5, 7, 15, 16, 17, 31, 33, 65, 129}) {
@@ -422,7 +423,8 @@ std::vector<shape> sweep_shapes() {
     shapes.push_back({s, s, s});
   }
   for (shape s : {shape{1000, 257, 511}, shape{257, 1000, 129}, shape{511, 33, 2100}, shape{65, 1500, 257},
-                  shape{17, 2100, 65}, shape{600, 130, 1400}, shape{345, 70, 2500}, shape{3, 3000, 2100}}) {
+                  shape{17, 2100, 65}, shape{600, 130, 1400}, shape{345, 70, 2500}, shape{3, 3000, 2100},
+                  shape{1000, 300, 129}, shape{700, 520, 255}}) {
     shapes.push_back(s);
   }
   for (index_t m : {1, 2, 3, 4}) {

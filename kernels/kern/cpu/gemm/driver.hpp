@@ -42,7 +42,7 @@ inline constexpr index_t small_m = 4;
 // L2 (or L3), when B has more than a few panels: splitting the rows would pack all of B first and
 // read it back once per block, which cost 15% on 256-row shapes on two threads. A narrow B is cheap
 // to share, and MC blocks keep packed A in L2 (288 x 16 x 16384: 3.1 ms as one block, 2.5 ms in MC
-// blocks).
+// blocks). Over a K shorter than KC, more rows make a block of the same size (single_block_fits).
 inline constexpr index_t single_block_rows = 336;
 inline constexpr index_t single_block_min_panels = 4;
 // A packed block of A larger than this leaves no room in L2 (1 MiB or more on AVX-512 machines)
@@ -173,7 +173,25 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
   // MR-row panels out evenly: 1024 rows on 2 threads are 10 blocks of 7 or 8 panels, not 8 of 126
   // rows and a 16-row ninth, which would leave one thread idle.
   const index_t m_panels = (M + MR - 1) / MR;
-  const bool single_block = M <= single_block_rows && N > single_block_min_panels * NR;
+  // Whether the first tile of a panel can read B from its storage and pack it for the others (see
+  // b_packed_by_first_tile below).
+  bool first_tile_can_pack_b = false;
+  if constexpr (requires { Kernel::template packs_b_in_first_tile<Round, TB>; }) {
+    first_tile_can_pack_b = Kernel::template packs_b_in_first_tile<Round, TB> && !b.transposed && M >= MR;
+  }
+  // Over a short K (the weight gradients of 256 tokens), a block as large as that of
+  // single_block_rows rows at full depth holds more rows: 768 x 2304 x 256 then reads B once, as
+  // its first tiles pack it, instead of packing it first and reading it back for each of 7 MC
+  // blocks. Only while every thread still gets several panels of B, which are what the threads
+  // share with one block of rows, and only where the first tiles pack B: packed in a pass of its
+  // own, as the bf16 kernels' pair layout is, 768 x 768 x 256 in bf16 lost 4-5%. In fp32,
+  // 768x3072x256_dW went from 0.83-0.88x oneDNN to 0.87-0.90x on one thread and from 0.82-0.85x to
+  // 0.89-0.94x on two (bench/gemm, two builds interleaved).
+  const index_t n_panels = (N + NR - 1) / NR;
+  const bool single_block_fits = first_tile_can_pack_b &&
+                                 M * std::min<index_t>(K, Kernel::kc) <= single_block_rows * Kernel::kc &&
+                                 n_panels >= threads * single_block_min_panels;
+  const bool single_block = (M <= single_block_rows || single_block_fits) && N > single_block_min_panels * NR;
   index_t ic_blocks = single_block ? 1 : (M + Kernel::mc - 1) / Kernel::mc;
   if (ic_blocks > threads) {
     ic_blocks = std::min(m_panels, (ic_blocks + threads - 1) / threads * threads);
@@ -217,11 +235,7 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
   // On one thread 256x768x3072 went from 0.87-0.88x oneDNN to 0.95-0.96x and 256x2304x768 from 0.90x
   // to 0.93-0.96x; on two, 0.88-0.93x to 0.97-0.99x and 0.89-0.91x to 0.92-0.96x (bench/gemm, two
   // builds interleaved).
-  bool b_packed_by_first_tile = false;
-  if constexpr (requires { Kernel::template packs_b_in_first_tile<Round, TB>; }) {
-    b_packed_by_first_tile =
-        Kernel::template packs_b_in_first_tile<Round, TB> && pack_b_on_use && !b.transposed && M >= MR;
-  }
+  const bool b_packed_by_first_tile = first_tile_can_pack_b && pack_b_on_use;
   const index_t column_block = pack_b_on_use ? N : index_t{Kernel::nc};
   for (index_t jc = 0; jc < N; jc += column_block) {
     const index_t nc = std::min<index_t>(column_block, N - jc);
