@@ -264,7 +264,7 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
         Kernel::prepare_thread(); // per-thread state the kernel needs (a tile configuration)
       }
       packed* packed_a = thread_workspace<arch, 1, packed>(
-          static_cast<std::size_t>(max_block_rows * Kernel::padded_depth(Kernel::kc)) + 64);
+          static_cast<std::size_t>(max_block_rows * Kernel::padded_depth(std::min<index_t>(K, Kernel::kc))) + 64);
       packed* panel_b = thread_workspace<arch, 3, packed>(static_cast<std::size_t>(2 * b_slot_size<Kernel>));
       alignas(64) float tile[MR * NR];
       for (index_t item = thread; item < items; item += thread_count) {
