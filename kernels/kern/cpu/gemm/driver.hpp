@@ -8,17 +8,17 @@
 //         for jr over NR panels:       the kc x NR micro-panel of B
 //           for ir over MR panels:     micro-kernel, then the tile's epilogue
 //
-// With one block of rows (up to single_block_rows) the panels are split among threads instead, so
-// that two threads help even for 256-token shapes, and each panel of B is packed by its one user:
-// by its first tile, which reads B from its storage, where the kernel can. When rows and panels
-// still leave threads idle (a small M x N over a long K: weight gradients of narrow layers), the K
-// blocks are shared out too: each share sums into its own fp32 block, and the blocks are added in
-// share order before the epilogue, so results depend on the shape and the thread count only. For M
-// <= 4 (decode) the kernel runs with MR = 4, and where B can be read straight from its storage the
-// small-M driver (small_m.hpp) streams it unpacked. Each output element gets the same sequence of
-// operations whatever the path (MR, packed or direct, pre-packed B), so all of them give the same
-// bits. fp32 partial sums carry between K blocks in C itself (f32 output) or in a per-thread fp32
-// block (bf16 output, rounded once at the end).
+// With one block of rows (up to single_block_rows, more over a short K) the panels are split among
+// threads instead, so that two threads help even for 256-token shapes, and each panel of B is
+// packed by its one user: by its first tile, which reads B from its storage, where the kernel can.
+// When rows and panels still leave threads idle (a small M x N over a long K: weight gradients of
+// narrow layers), the K blocks are shared out too: each share sums into its own fp32 block, and the
+// blocks are added in share order before the epilogue, so results depend on the shape and the
+// thread count only. For M <= 4 (decode) the kernel runs with MR = 4, and where B can be read
+// straight from its storage the small-M driver (small_m.hpp) streams it unpacked. Each output
+// element gets the same sequence of operations whatever the path (MR, packed or direct, pre-packed
+// B), so all of them give the same bits. fp32 partial sums carry between K blocks in C itself (f32
+// output) or in a per-thread fp32 block (bf16 output, rounded once at the end).
 #pragma once
 
 #include <algorithm>

@@ -296,6 +296,8 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   // rounding is needed: the small-M path does so instead of packing, and the blocked path's first
   // tile of a panel packs it while it computes (b_copy in run_rows).
   template <bool Round, class T> static constexpr bool reads_b_directly = !Round;
+  // What the driver asks before passing b_copy: only this kernel's run_rows takes one (the bf16
+  // kernels read B directly too, but their packed B is in k pairs, not B's rows).
   template <bool Round, class T> static constexpr bool packs_b_in_first_tile = reads_b_directly<Round, T>;
 
   // One row of A: sums[0, V vectors) += A(0, :) B(:, V vectors), the sums in registers while the
