@@ -33,18 +33,22 @@
 //   f32_bf16compute row compares kern's bf16 compute with oneDNN's f32. The label of every oneDNN
 //   matmul row is the implementation oneDNN chose.
 //
-// Eigen picks its SIMD width when it is compiled, so its part of this file is compiled separately
-// (bench/CMakeLists.txt: KERN_BENCH_GEMM_EIGEN_PART) with the AVX-512 flags kern's own AVX-512
-// kernels get, as a user who cares about speed would build it; on a CPU without AVX-512 the Eigen
-// benchmarks report an error instead of running.
+// Eigen picks its SIMD width when it is compiled, so its part of this file is compiled separately,
+// once with the AVX-512 flags kern's own AVX-512 kernels get and once with the AVX2 + FMA ones
+// (bench/CMakeLists.txt: KERN_BENCH_GEMM_EIGEN_PART names the build's namespace), as a user who
+// cares about speed would build it for the machine; the benchmark runs the build the CPU can run.
 #include <cstdint>
 
-namespace kern::bench::eigen_peer {
-// C = op(A) op(B) + beta C, row-major, packed leading dimensions.
-void gemm(int threads, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, const float* a,
-          const float* b, float beta, float* c);
-const char* describe(); // version and SIMD instruction sets
-} // namespace kern::bench::eigen_peer
+// C = op(A) op(B) + beta C, row-major, packed leading dimensions; describe(): version and SIMD
+// instruction sets.
+#define KERN_BENCH_DECLARE_EIGEN_PEER(build)                                                                           \
+  namespace kern::bench::build {                                                                                       \
+  void gemm(int threads, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, const float* a,   \
+            const float* b, float beta, float* c);                                                                     \
+  const char* describe();                                                                                              \
+  }
+KERN_BENCH_DECLARE_EIGEN_PEER(eigen_avx512)
+KERN_BENCH_DECLARE_EIGEN_PEER(eigen_avx2)
 
 #if defined(KERN_BENCH_GEMM_EIGEN_PART)
 
@@ -52,7 +56,7 @@ const char* describe(); // version and SIMD instruction sets
 
 #include <Eigen/Core>
 
-namespace kern::bench::eigen_peer {
+namespace kern::bench::KERN_BENCH_GEMM_EIGEN_PART {
 
 void gemm(int threads, bool trans_a, bool trans_b, std::int64_t m, std::int64_t n, std::int64_t k, const float* a,
           const float* b, float beta, float* c) {
@@ -88,7 +92,7 @@ const char* describe() {
   return text.c_str();
 }
 
-} // namespace kern::bench::eigen_peer
+} // namespace kern::bench::KERN_BENCH_GEMM_EIGEN_PART
 
 #else // the benchmarks
 
@@ -337,14 +341,32 @@ template <class T> void bench_onednn_matmul(benchmark::State& state, const gemm_
 // ---- Eigen
 
 #if defined(KERN_BENCH_HAVE_EIGEN)
+// The Eigen build this CPU runs (null members: neither).
+struct eigen_build {
+  decltype(&eigen_avx2::gemm) gemm;
+  decltype(&eigen_avx2::describe) describe;
+};
+
+eigen_build eigen_for_this_cpu() {
+  const kern::cpu::isa detected = kern::cpu::info().detected;
+  if (detected >= kern::cpu::isa::avx512) {
+    return {eigen_avx512::gemm, eigen_avx512::describe};
+  }
+  if (detected >= kern::cpu::isa::avx2) {
+    return {eigen_avx2::gemm, eigen_avx2::describe};
+  }
+  return {nullptr, nullptr};
+}
+
 void bench_eigen(benchmark::State& state, const gemm_case& g) {
-  if (kern::cpu::info().detected < kern::cpu::isa::avx512) {
-    state.SkipWithError("this benchmark's Eigen part is compiled for AVX-512, which this CPU lacks");
+  const eigen_build eigen = eigen_for_this_cpu();
+  if (eigen.gemm == nullptr) {
+    state.SkipWithError("this benchmark's Eigen part is compiled for AVX-512 and for AVX2, which this CPU lacks");
     return;
   }
   operands<float, float> x(g);
   const int threads = threads_of(state);
-  timed_loop(state, [&] { eigen_peer::gemm(threads, g.trans_a, g.trans_b, g.m, g.n, g.k, x.a, x.b, g.beta, x.c); });
+  timed_loop(state, [&] { eigen.gemm(threads, g.trans_a, g.trans_b, g.m, g.n, g.k, x.a, x.b, g.beta, x.c); });
   report(state, g, sizeof(float));
 }
 #endif
@@ -420,8 +442,8 @@ void describe_peers() {
                                             onednn_isa_name(dnnl_get_effective_cpu_isa()));
 #endif
 #if defined(KERN_BENCH_HAVE_EIGEN)
-  if (kern::cpu::info().detected >= kern::cpu::isa::avx512) { // its code is AVX-512 code
-    benchmark::AddCustomContext("eigen", eigen_peer::describe());
+  if (const eigen_build eigen = eigen_for_this_cpu(); eigen.describe != nullptr) {
+    benchmark::AddCustomContext("eigen", eigen.describe());
   }
 #endif
 }

@@ -164,6 +164,84 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
     }
     return k0;
   }
+#elif defined(__AVX2__)
+  // The same on AVX2, eight k at a time (8 x 8, 24 shuffles), for its tiles of 4, 6 or 8 rows.
+  template <bool Round, class T> static constexpr bool fast_pack_rows = isa_of<Arch>() == isa::avx2 && !Round
+                                                                        && std::is_same_v<T, float> &&
+                                                                        (MR == 4 || MR == 6 || MR == 8);
+
+  // r[i][j] becomes r[j][i].
+  static void transpose8(__m256 (&r)[8]) {
+    __m256 t[8];
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+      for (int h = 0; h < 2; ++h) {
+        r[i + 2 * h] = _mm256_shuffle_ps(t[i + h], t[i + h + 2], 0x44);
+        r[i + 2 * h + 1] = _mm256_shuffle_ps(t[i + h], t[i + h + 2], 0xee);
+      }
+    }
+    for (int h = 0; h < 4; ++h) {
+      t[h] = _mm256_permute2f128_ps(r[h], r[h + 4], 0x20);
+      t[h + 4] = _mm256_permute2f128_ps(r[h], r[h + 4], 0x31);
+    }
+    for (int i = 0; i < 8; ++i) {
+      r[i] = t[i];
+    }
+  }
+
+  // The first MR values of v to out (no masked store: AMD's are slow).
+  static void store_first_mr(float* out, __m256 v) {
+    if constexpr (MR == 8) {
+      _mm256_storeu_ps(out, v);
+    } else {
+      _mm_storeu_ps(out, _mm256_castps256_ps128(v));
+      if constexpr (MR == 6) {
+        _mm_storel_pi(reinterpret_cast<__m64*>(out + 4), _mm256_extractf128_ps(v, 1));
+      }
+    }
+  }
+
+  // Rows of A (MR of them, `ld` apart, `depth` long) into one micro-panel, panel[k * MR + i].
+  static void pack_rows_transposed(const float* rows, index_t ld, index_t depth, float* panel) {
+    index_t k0 = 0;
+    for (; k0 + 8 <= depth; k0 += 8) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) {
+        r[i] = i < MR ? _mm256_loadu_ps(rows + i * ld + k0) : _mm256_setzero_ps();
+      }
+      transpose8(r);
+      for (int j = 0; j < 8; ++j) {
+        store_first_mr(panel + (k0 + j) * MR, r[j]);
+      }
+    }
+    for (; k0 < depth; ++k0) {
+      for (int i = 0; i < MR; ++i) {
+        panel[k0 * MR + i] = rows[i * ld + k0];
+      }
+    }
+  }
+
+  // NR = 8 NV rows of B^T (`ld` apart) into one B micro-panel, panel[k * NR + j], eight k at a time;
+  // returns how many k it packed (a multiple of 8).
+  static index_t pack_columns_transposed(const float* rows, index_t ld, index_t depth, float* panel) {
+    index_t k0 = 0;
+    for (; k0 + 8 <= depth; k0 += 8) {
+      for (index_t part = 0; part < NV; ++part) {
+        __m256 r[8];
+        for (int j = 0; j < 8; ++j) {
+          r[j] = _mm256_loadu_ps(rows + (part * 8 + j) * ld + k0);
+        }
+        transpose8(r);
+        for (int k = 0; k < 8; ++k) {
+          _mm256_store_ps(panel + (k0 + k) * nr + part * 8, r[k]);
+        }
+      }
+    }
+    return k0;
+  }
 #else
   template <bool Round, class T> static constexpr bool fast_pack_rows = false;
   static void pack_rows_transposed(const float*, index_t, index_t, float*) {}
@@ -194,6 +272,13 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
               const auto load_mask = static_cast<__mmask16>((1u << valid) - 1u);
               constexpr auto store_mask = static_cast<__mmask16>((1u << MR) - 1u);
               _mm512_mask_storeu_ps(out, store_mask, _mm512_maskz_loadu_ps(load_mask, src));
+              continue;
+            }
+#elif defined(__AVX2__)
+            if constexpr (fast_pack_rows<Round, T>) { // a masked load (zeros past `valid`)
+              const __m256i lanes_valid =
+                  _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(valid)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+              store_first_mr(out, _mm256_maskload_ps(src, lanes_valid));
               continue;
             }
 #endif
@@ -250,8 +335,8 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
       }
     } else {
       index_t k_done = 0;
-      if constexpr (fast_pack_rows<Round, T> && lanes == 16) {
-        if (valid == nr) { // B^T's rows are op(B)'s columns: NV 16 x 16 transposes per 16 k
+      if constexpr (fast_pack_rows<Round, T>) {
+        if (valid == nr) { // B^T's rows are op(B)'s columns: NV transposes of lanes x lanes per lanes k
           k_done = pack_columns_transposed(b.data + col0 * b.ld + row0, b.ld, depth, panel);
         }
       }
