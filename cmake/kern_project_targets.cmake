@@ -5,24 +5,43 @@ add_library(kern_warnings INTERFACE)
 target_compile_options(kern_warnings INTERFACE
   $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Werror>)
 
+# kern's CPU kernels compiled for every ISA (kern_enable_isa_dispatch) once, into a library that
+# every test, benchmark and example program links, instead of into each program: the same kernels
+# compiled again per program were most of the build (each ISA's GEMM 15 times in a release build).
+# kern_isa_kernels_amx_emulated is the GEMM with the AMX kernel's tiles emulated
+# (kern/cpu/gemm/amx_tiles.hpp), for its tests; its definition reaches the programs that link it.
+function(kern_add_isa_kernels name)
+  cmake_parse_arguments(arg "" "" "FAMILIES;DEFINITIONS" ${ARGN})
+  if(NOT CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
+    add_library(${name} INTERFACE) # the kernels compile at each program's own flags
+    target_compile_definitions(${name} INTERFACE ${arg_DEFINITIONS})
+    return()
+  endif()
+  add_library(${name} STATIC)
+  target_link_libraries(${name} PUBLIC kern::kern PRIVATE kern_warnings)
+  target_compile_definitions(${name} PUBLIC ${arg_DEFINITIONS})
+  kern_enable_isa_dispatch(${name} FAMILIES ${arg_FAMILIES})
+  target_compile_definitions(${name} INTERFACE KERN_ISA_DISPATCH=1)
+endfunction()
+kern_add_isa_kernels(kern_isa_kernels)
+kern_add_isa_kernels(kern_isa_kernels_amx_emulated FAMILIES gemm DEFINITIONS KERN_CPU_AMX_EMULATED=1)
+
 # kern_add_test(NAME source... [LIBS lib...] [EACH_ISA | ISA_DISPATCH | AT_ISA level AS variant]
-# [FAMILIES family...] [DEFINITIONS definition...]): one GoogleTest program, its tests discovered by
-# ctest. ISA_DISPATCH compiles the kernels (of FAMILIES, or all) for every ISA
-# (kern_enable_isa_dispatch), run at the machine's best; EACH_ISA does so and registers the tests
-# once per ISA level, forced with KERN_ISA (a level above the machine's runs at the machine's); a
-# sanitizer build runs them once, at the machine's level, to keep CI short. AT_ISA registers them
-# once, at `level`, named "/isa:<variant>", in every build. DEFINITIONS are compile definitions of
-# the whole program, its ISA translation units included (a variant of the kernels, say).
+# [KERNELS library]): one GoogleTest program, its tests discovered by ctest. ISA_DISPATCH links the
+# kernels compiled for every ISA (KERNELS, kern_isa_kernels by default), run at the machine's best;
+# EACH_ISA does so and registers the tests once per ISA level, forced with KERN_ISA (a level above
+# the machine's runs at the machine's); a sanitizer build runs them once, at the machine's level, to
+# keep CI short. AT_ISA registers them once, at `level`, named "/isa:<variant>", in every build.
 function(kern_add_test name)
-  cmake_parse_arguments(arg "EACH_ISA;ISA_DISPATCH" "AT_ISA;AS" "LIBS;FAMILIES;DEFINITIONS" ${ARGN})
+  cmake_parse_arguments(arg "EACH_ISA;ISA_DISPATCH" "AT_ISA;AS;KERNELS" "LIBS" ${ARGN})
   add_executable(${name} ${arg_UNPARSED_ARGUMENTS})
   target_include_directories(${name} PRIVATE "${PROJECT_SOURCE_DIR}/tests")
   target_link_libraries(${name} PRIVATE kern::kern kern_warnings GTest::gtest GTest::gtest_main ${arg_LIBS})
-  if(arg_DEFINITIONS)
-    target_compile_definitions(${name} PRIVATE ${arg_DEFINITIONS})
-  endif()
   if(arg_EACH_ISA OR arg_ISA_DISPATCH OR arg_AT_ISA)
-    kern_enable_isa_dispatch(${name} FAMILIES ${arg_FAMILIES})
+    if(NOT arg_KERNELS)
+      set(arg_KERNELS kern_isa_kernels)
+    endif()
+    target_link_libraries(${name} PRIVATE ${arg_KERNELS})
   endif()
   if(arg_AT_ISA)
     gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 TEST_SUFFIX "/isa:${arg_AS}"
@@ -37,16 +56,15 @@ function(kern_add_test name)
   endif()
 endfunction()
 
-# kern_add_bench(NAME source... [LIBS lib...] [ISA_DISPATCH [FAMILIES family...]]): one Google
-# Benchmark program; ISA_DISPATCH compiles the kernels (of FAMILIES, or all) for every ISA, chosen
-# at run time.
+# kern_add_bench(NAME source... [LIBS lib...] [ISA_DISPATCH]): one Google Benchmark program;
+# ISA_DISPATCH links the kernels compiled for every ISA (kern_isa_kernels), chosen at run time.
 function(kern_add_bench name)
-  cmake_parse_arguments(arg "ISA_DISPATCH" "" "LIBS;FAMILIES" ${ARGN})
+  cmake_parse_arguments(arg "ISA_DISPATCH" "" "LIBS" ${ARGN})
   add_executable(${name} ${arg_UNPARSED_ARGUMENTS})
   target_include_directories(${name} PRIVATE "${PROJECT_SOURCE_DIR}/bench")
   target_link_libraries(${name} PRIVATE kern::kern kern_warnings benchmark::benchmark kern_bench_main ${arg_LIBS})
   if(arg_ISA_DISPATCH)
-    kern_enable_isa_dispatch(${name} FAMILIES ${arg_FAMILIES})
+    target_link_libraries(${name} PRIVATE kern_isa_kernels)
   endif()
 endfunction()
 

@@ -223,11 +223,14 @@ private:
     require(s.configured, op, "no tile configuration is loaded on this thread (ldtilecfg first)");
     require(T::index >= 0 && T::index < amx_tile_count, op, "tile index ", T::index, " is out of range (tmm0..tmm",
             amx_tile_count - 1, ")");
-    const int rows = s.config.rows[T::index], colsb = s.config.colsb[T::index];
-    require(rows != 0, op, "tmm", T::index, " is not configured (0 rows)");
-    require(rows == T::rows && colsb == T::colsb, op, "tmm", T::index, " is configured as ", rows, " rows x ", colsb,
+    // T::index where it is in range (the check above has thrown where it is not), so that no
+    // compiler sees an out-of-bounds constant index in the code that follows.
+    constexpr int index = T::index >= 0 && T::index < amx_tile_count ? T::index : 0;
+    const int rows = s.config.rows[index], colsb = s.config.colsb[index];
+    require(rows != 0, op, "tmm", index, " is not configured (0 rows)");
+    require(rows == T::rows && colsb == T::colsb, op, "tmm", index, " is configured as ", rows, " rows x ", colsb,
             " bytes but used as ", T::rows, " rows x ", T::colsb, " bytes");
-    return s.data[T::index];
+    return s.data[index];
   }
 
   static float daz(float x) { return std::fpclassify(x) == FP_SUBNORMAL ? std::copysign(0.0f, x) : x; }

@@ -488,7 +488,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
       }
     }
     constexpr index_t b_row_lines = (nr * index_t{sizeof(T)} + 63) / 64;
-    const auto step = [&](index_t k) [[gnu::always_inline]] {
+    const auto step = [&](index_t k) __attribute__((always_inline)) {
       batch bk[NV];
 #pragma GCC unroll 4
       for (index_t v = 0; v < NV; ++v) {
