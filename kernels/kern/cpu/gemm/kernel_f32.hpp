@@ -396,15 +396,57 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
     }
   }
 
+  // One row of A over `width` columns of B with its sums in L1 (acc): four rows of B are read at a
+  // time, a cache line of each per step, and every sum takes its k in order. This form leaves
+  // the streams to the hardware prefetchers: asking for the next four rows in software, as the
+  // form for several rows of A does, was 2-11% slower on a Zen 3 core.
+  template <class T> static void accumulate_row_streamed(index_t kc_steps, const float* __restrict a,
+                                                         const T* __restrict b, index_t ldb, index_t width,
+                                                         float* __restrict acc) {
+    static_assert(nr % (2 * lanes) == 0); // width, a multiple of NR, is then whole pairs of vectors
+    index_t k = 0;
+    for (; k + 4 <= kc_steps; k += 4) {
+      const T* row = b + k * ldb;
+      const batch a0(a[k * MR]), a1(a[(k + 1) * MR]), a2(a[(k + 2) * MR]), a3(a[(k + 3) * MR]);
+      for (index_t j = 0; j < width; j += 2 * lanes) {
+#pragma GCC unroll 2
+        for (index_t h = j; h < j + 2 * lanes; h += lanes) {
+          batch sum = batch::load_aligned(acc + h);
+          sum = xsimd::fma(a0, load_float<Arch>(row + h), sum);
+          sum = xsimd::fma(a1, load_float<Arch>(row + ldb + h), sum);
+          sum = xsimd::fma(a2, load_float<Arch>(row + 2 * ldb + h), sum);
+          sum = xsimd::fma(a3, load_float<Arch>(row + 3 * ldb + h), sum);
+          sum.store_aligned(acc + h);
+        }
+      }
+    }
+    for (; k < kc_steps; ++k) {
+      const T* row = b + k * ldb;
+      const batch ak(a[k * MR]);
+      for (index_t j = 0; j < width; j += lanes) {
+        xsimd::fma(ak, load_float<Arch>(row + j), batch::load_aligned(acc + j)).store_aligned(acc + j);
+      }
+    }
+  }
+
   // The small-M form, for decode: `width` columns of B (a multiple of NR) into fp32 sums
   // acc[i * ld_acc + j] of the first `rows` (<= MR) rows, with the same operation sequence per
-  // element as run(). B rows are `ldb` apart. One row of A (M = 1: a token against the weights)
-  // takes B in column chunks held in registers (above): 768 x 50304 went from 0.88x oneDNN's speed
-  // to 1.04-1.18x on one core, and from 0.97x to 1.11x on two. With more rows of A, the sums stay
-  // in L1 and rows of B are streamed whole, which for four rows measured 20% faster than chunks.
+  // element as run(). B rows are `ldb` apart. With several rows of A, the sums stay in L1 and rows
+  // of B are streamed whole, which for four rows measured 20% faster than column chunks. One row
+  // of A (M = 1: a token against the weights) takes B in column chunks held in registers (above)
+  // on AVX-512: on a Zen 5 core 768 x 50304 went from 0.88x oneDNN's speed to 1.04-1.18x on one
+  // core, and from 0.97x to 1.11x on two. With AVX2's chunks of four cache lines, each step of a
+  // chunk lands on another page: on a Zen 3 core the chunks read B at 0.54x oneDNN's speed, the
+  // streamed form at 0.92-1.03x, so there one row streams too (accumulate_row_streamed).
   template <class T> static void accumulate_rows(index_t kc_steps, const float* __restrict a, index_t rows,
                                                  const T* __restrict b, index_t ldb, index_t width,
                                                  float* __restrict acc, index_t ld_acc) {
+    if constexpr (!wide) {
+      if (rows == 1) {
+        accumulate_row_streamed(kc_steps, a, b, ldb, width, acc);
+        return;
+      }
+    }
     if (rows == 1) {
       constexpr index_t chunk = 8; // vectors: eight cache lines per row of B on AVX-512
       index_t j = 0;
