@@ -87,6 +87,13 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   // the time the epilogue read them: under perf at 4096^3 the epilogue's C loads fell from 3.5% of
   // the time to 2.9% with this.
   static constexpr index_t near_end_steps = 160;
+  // Whether the micro-kernel's k loop runs four steps an iteration. On AVX2 a step is 12 FMAs among
+  // 25 instructions, of which the loop's own (pointer and counter updates, compare and branch) are
+  // 4; four steps an iteration share one set of them. On a Zen 3 core whose sibling thread was busy
+  // (the slow spells of "On an AVX2 machine" in docs/kernels/gemm.md) that made the GEMM 1.12-1.31x
+  // faster, consistent with a front end shared between the two threads. On AVX-512 unrolling
+  // measured no gain.
+  static constexpr bool unroll_k_loop = !wide;
 
   // Packed values per k step of a micro-panel row (1 here; 2 for the bf16 pair kernel).
   static constexpr index_t padded_depth(index_t depth) { return depth; }
@@ -561,12 +568,24 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
       }
     };
     const index_t near_end_at = std::max<index_t>(0, kc_steps - near_end_steps);
-    for (index_t k = 0; k < near_end_at; ++k) {
-      step(k);
-    }
-    near_end();
-    for (index_t k = near_end_at; k < kc_steps; ++k) {
-      step(k);
+    if constexpr (unroll_k_loop) { // the same loops as below, four steps an iteration
+#pragma GCC unroll 4
+      for (index_t k = 0; k < near_end_at; ++k) {
+        step(k);
+      }
+      near_end();
+#pragma GCC unroll 4
+      for (index_t k = near_end_at; k < kc_steps; ++k) {
+        step(k);
+      }
+    } else {
+      for (index_t k = 0; k < near_end_at; ++k) {
+        step(k);
+      }
+      near_end();
+      for (index_t k = near_end_at; k < kc_steps; ++k) {
+        step(k);
+      }
     }
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
