@@ -88,11 +88,11 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   // the time to 2.9% with this.
   static constexpr index_t near_end_steps = 160;
   // Whether the micro-kernel's k loop runs four steps an iteration. On AVX2 a step is 12 FMAs among
-  // 25 instructions, of which the loop's own (pointer and counter updates, compare and branch) are
-  // 4; four steps an iteration share one set of them. On a Zen 3 core whose sibling thread was busy
-  // (the slow spells of "On an AVX2 machine" in docs/kernels/gemm.md) that made the GEMM 1.12-1.31x
-  // faster, consistent with a front end shared between the two threads. On AVX-512 unrolling
-  // measured no gain.
+  // 26 instructions, of which the loop's own (pointer and counter updates, compare and branch) are
+  // 5; four steps an iteration share one set of them (93 instructions for four steps, as g++ 12
+  // compiles it). On a Zen 3 guest that made the GEMM 1.12-1.39x faster in A/B runs taken while
+  // the guest ran slow (see "On an AVX2 machine" in docs/kernels/gemm.md), 0.92-1.24x (median
+  // 1.05x) otherwise. On AVX-512 unrolling measured no gain.
   static constexpr bool unroll_k_loop = !wide;
 
   // Packed values per k step of a micro-panel row (1 here; 2 for the bf16 pair kernel).
@@ -410,14 +410,15 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   template <class T> static void accumulate_row_streamed(index_t kc_steps, const float* __restrict a,
                                                          const T* __restrict b, index_t ldb, index_t width,
                                                          float* __restrict acc) {
-    static_assert(nr % (2 * lanes) == 0); // width, a multiple of NR, is then whole pairs of vectors
+    constexpr index_t line = 2 * index_t{lanes}; // a cache line of fp32 on AVX2: two vectors
+    static_assert(nr % line == 0);               // width, a multiple of NR, is then whole lines
     index_t k = 0;
     for (; k + 4 <= kc_steps; k += 4) {
       const T* row = b + k * ldb;
       const batch a0(a[k * MR]), a1(a[(k + 1) * MR]), a2(a[(k + 2) * MR]), a3(a[(k + 3) * MR]);
-      for (index_t j = 0; j < width; j += 2 * lanes) {
+      for (index_t j = 0; j < width; j += line) {
 #pragma GCC unroll 2
-        for (index_t h = j; h < j + 2 * lanes; h += lanes) {
+        for (index_t h = j; h < j + line; h += lanes) {
           batch sum = batch::load_aligned(acc + h);
           sum = xsimd::fma(a0, load_float<Arch>(row + h), sum);
           sum = xsimd::fma(a1, load_float<Arch>(row + ldb + h), sum);
@@ -443,8 +444,8 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   // of A (M = 1: a token against the weights) takes B in column chunks held in registers (above)
   // on AVX-512: on a Zen 5 core 768 x 50304 went from 0.88x oneDNN's speed to 1.04-1.18x on one
   // core, and from 0.97x to 1.11x on two. With AVX2's chunks of four cache lines, each step of a
-  // chunk lands on another page: on a Zen 3 core the chunks read B at 0.54x oneDNN's speed, the
-  // streamed form at 0.92-1.03x, so there one row streams too (accumulate_row_streamed).
+  // chunk lands on another page: on a Zen 3 core the chunks read B at 0.54-0.63x oneDNN's speed,
+  // the streamed form at 0.92-1.03x, so there one row streams too (accumulate_row_streamed).
   template <class T> static void accumulate_rows(index_t kc_steps, const float* __restrict a, index_t rows,
                                                  const T* __restrict b, index_t ldb, index_t width,
                                                  float* __restrict acc, index_t ld_acc) {

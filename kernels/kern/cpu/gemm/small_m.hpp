@@ -2,9 +2,10 @@
 // a weight matrix, memory-bound). Each thread takes a contiguous range of columns, in runs as wide
 // as the M x width fp32 sums that stay in L1 allow (24 KiB: 6144 columns for one row of A, 1536 for
 // four). The kernel's accumulate_rows covers a run: rows of A stream whole rows of B across it
-// (on AVX-512, one row of A goes down B in column chunks whose sums stay in registers). Nothing of B
-// is packed, each element is read once. Per output element the operations are those of the blocked kernel with the
-// same K blocks, so results are bit-identical to it (and to a pre-packed B).
+// (on AVX-512, one row of A goes down B in column chunks whose sums stay in registers). Nothing
+// of B is packed, each element is read once. Per output element the operations are those of the
+// blocked kernel with the same K blocks, so results are bit-identical to it (and to a pre-packed
+// B).
 #pragma once
 
 #include <algorithm>
