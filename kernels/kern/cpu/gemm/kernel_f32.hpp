@@ -428,11 +428,22 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
         }
       }
     }
+    accumulate_rows_from(k, kc_steps, a, 1, b, ldb, width, acc, width);
+  }
+
+  // Steps [k, kc_steps) of accumulate_rows one row of B at a time: the steps left after groups of
+  // four.
+  template <class T> static void accumulate_rows_from(index_t k, index_t kc_steps, const float* __restrict a,
+                                                      index_t rows, const T* __restrict b, index_t ldb, index_t width,
+                                                      float* __restrict acc, index_t ld_acc) {
     for (; k < kc_steps; ++k) {
       const T* row = b + k * ldb;
-      const batch ak(a[k * MR]);
       for (index_t j = 0; j < width; j += lanes) {
-        xsimd::fma(ak, load_float<Arch>(row + j), batch::load_aligned(acc + j)).store_aligned(acc + j);
+        const batch bv = load_float<Arch>(row + j);
+        for (index_t i = 0; i < rows; ++i) {
+          float* sum = acc + i * ld_acc + j;
+          xsimd::fma(batch(a[k * MR + i]), bv, batch::load_aligned(sum)).store_aligned(sum);
+        }
       }
     }
   }
@@ -492,16 +503,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
         }
       }
     }
-    for (; k < kc_steps; ++k) {
-      const T* row = b + k * ldb;
-      for (index_t j = 0; j < width; j += lanes) {
-        const batch bv = load_float<Arch>(row + j);
-        for (index_t i = 0; i < rows; ++i) {
-          float* sum = acc + i * ld_acc + j;
-          xsimd::fma(batch(a[k * MR + i]), bv, batch::load_aligned(sum)).store_aligned(sum);
-        }
-      }
-    }
+    accumulate_rows_from(k, kc_steps, a, rows, b, ldb, width, acc, ld_acc);
   }
 
   // The tile = A (MR x kc) times kc rows of NR values of B, `ldb` apart; B is either a packed panel
