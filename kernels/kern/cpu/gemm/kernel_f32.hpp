@@ -26,6 +26,7 @@
 #include "kern/core/dtype.hpp"
 #include "kern/core/view.hpp"
 #include "kern/cpu/gemm/epilogue.hpp"
+#include "kern/cpu/gemm/kernel_f32_avx2_loop.hpp"
 #include "kern/cpu/isa.hpp"
 
 namespace kern::cpu::detail {
@@ -571,6 +572,32 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
       }
     };
     const index_t near_end_at = std::max<index_t>(0, kc_steps - near_end_steps);
+#if defined(KERN_HAVE_AVX2_K_LOOP)
+    // Packed micro-panels of a 6 x 16 tile: the k loop in assembly (kernel_f32_avx2_loop.hpp), the
+    // steps left after groups of four through step().
+    if constexpr (!CopyB && MR == 6 && NV == 2 && std::is_same_v<T, float> && AKStep == MR && ARowStep == 1) {
+      static_assert(prefetch_steps * nr * index_t{sizeof(float)} == avx2_k_loop_prefetch_bytes);
+      if (ldb == nr && a_k_step == MR && !ask_for_a) {
+        const auto steps = [&](index_t k_begin, index_t k_end) __attribute__((always_inline)) {
+          const index_t groups = (k_end - k_begin) / 4;
+          if (groups > 0) {
+            avx2_packed_k_steps(a + k_begin * MR, b + k_begin * nr, groups, acc);
+          }
+          for (index_t k = k_begin + groups * 4; k < k_end; ++k) {
+            step(k);
+          }
+        };
+        steps(0, near_end_at);
+        near_end();
+        steps(near_end_at, kc_steps);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+          row(index_t{i}, acc[i]);
+        }
+        return;
+      }
+    }
+#endif
     if constexpr (unroll_k_loop) { // the same loops as below, four steps an iteration
 #pragma GCC unroll 4
       for (index_t k = 0; k < near_end_at; ++k) {
