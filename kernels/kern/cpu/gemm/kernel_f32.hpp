@@ -14,7 +14,17 @@
 //             pass reads and writes C from memory, which costs more than streaming both micro-
 //             panels from L2: on AVX-512, KC = 1024 (B micro-panel 128 KiB, in L2 rather than L1)
 //             gave 7% more than KC = 384 at 2048^3 (KC = 192, 256, 512, 768, 1536, 2048 measured).
-//   MC        rows of the packed A block, kept in L2 (1 MiB per core here): MC x KC x 4 bytes.
+//             On AVX2 (a Zen 3 core, 32 KiB L1 and 512 KiB L2), KC = 384 with the assembly k loop
+//             was 1.02-1.06x KC = 256 over K >= 768 (A/B runs in one process), although the 24 KiB
+//             B micro-panel and a 9 KiB A micro-panel then no longer fit L1 together; KC = 768 (96
+//             rows a block) gained as much at 2048^3 and 4096^3 but lost up to 15% on the shapes of
+//             256 rows or 256 k steps (more row blocks, or a 256-row block too large for L2). SSE2
+//             (and NEON, unmeasured) keep KC = 256: KC = 384 measured 0.85-1.05x there.
+//   MC        rows of the packed A block, kept in L2 (1 MiB per core on AVX-512 machines, 512 KiB on
+//             the Zen 3 one): MC x KC x 4 bytes. On AVX2 a K shorter than KC gets as many more rows
+//             as keep the block's bytes (block_rows): with KC = 384 and 192 rows a block, the weight
+//             gradients over 256 tokens (768 rows) were cut into four blocks, each reading all of the
+//             packed B again, and ran 0.96-0.97x the 288-row blocks of KC = 256 on one thread.
 //   NC        columns of B packed per outer iteration (K x NC x 4 bytes, shared by all threads).
 #pragma once
 
@@ -76,8 +86,18 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   static constexpr int mr = MR;
   static constexpr int nv = NV; // vectors per row of the tile
   static constexpr int nr = NV * lanes;
-  static constexpr int kc = wide ? 1024 : 256;
-  static constexpr int mc = wide ? 14 * 9 : 6 * 48; // 126 x 1024 x 4 = 504 KiB of A in L2
+  static constexpr bool avx2 = isa_of<Arch>() == isa::avx2;
+  // 126 x 1024 x 4 = 504 KiB of A (AVX-512), 192 x 384 x 4 = 288 KiB (AVX2), 288 x 256 x 4 (SSE2, NEON)
+  static constexpr int kc = wide ? 1024 : avx2 ? 384 : 256;
+  static constexpr int mc = wide ? 14 * 9 : avx2 ? 6 * 32 : 6 * 48;
+  // Rows of A in one packed block over `depth` (<= kc) k steps (see MC above).
+  static constexpr index_t block_rows(index_t depth) {
+    if constexpr (!avx2) {
+      return mc;
+    } else {
+      return std::max<index_t>(mc, index_t{mc} * kc / std::max<index_t>(depth, 1) / MR * MR);
+    }
+  }
   static constexpr int nc = 1024;
   static constexpr int default_mr = wide ? 14 : 6;
 
