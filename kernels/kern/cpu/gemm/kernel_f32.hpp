@@ -15,7 +15,7 @@
 //             panels from L2: on AVX-512, KC = 1024 (B micro-panel 128 KiB, in L2 rather than L1)
 //             gave 7% more than KC = 384 at 2048^3 (KC = 192, 256, 512, 768, 1536, 2048 measured).
 //             On AVX2 (a Zen 3 core, 32 KiB L1 and 512 KiB L2), KC = 384 with the assembly k loop
-//             was 1.02-1.06x KC = 256 over K >= 768 (A/B runs in one process), although the 24 KiB
+//             was 1.00-1.13x KC = 256 over K >= 768 (A/B runs in one process), although the 24 KiB
 //             B micro-panel and a 9 KiB A micro-panel then no longer fit L1 together; KC = 768 (96
 //             rows a block) gained as much at 2048^3 and 4096^3 but lost up to 15% on the shapes of
 //             256 rows or 256 k steps (more row blocks, or a 256-row block too large for L2). SSE2
@@ -24,7 +24,8 @@
 //             the Zen 3 one): MC x KC x 4 bytes. On AVX2 a K shorter than KC gets as many more rows
 //             as keep the block's bytes (block_rows): with KC = 384 and 192 rows a block, the weight
 //             gradients over 256 tokens (768 rows) were cut into four blocks, each reading all of the
-//             packed B again, and ran 0.96-0.97x the 288-row blocks of KC = 256 on one thread.
+//             packed B again, and ran 0.96-1.07x the 288-row blocks of KC = 256 (0.96-0.97x on one
+//             thread in one of two passes); block_rows keeps their blocks as they were.
 //   NC        columns of B packed per outer iteration (K x NC x 4 bytes, shared by all threads).
 #pragma once
 
