@@ -596,7 +596,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
 #if defined(KERN_HAVE_AVX2_K_LOOP)
     // Packed micro-panels of a 6 x 16 tile: the k loop in assembly (kernel_f32_avx2_loop.hpp), the
     // steps left after groups of four through step().
-    if constexpr (!CopyB && MR == 6 && NV == 2 && std::is_same_v<T, float> && AKStep == MR && ARowStep == 1) {
+    if constexpr (avx2 && !CopyB && MR == 6 && NV == 2 && std::is_same_v<T, float> && AKStep == MR && ARowStep == 1) {
       static_assert(prefetch_steps * nr * index_t{sizeof(float)} == avx2_k_loop_prefetch_bytes);
       if (ldb == nr && a_k_step == MR && !ask_for_a) {
         const auto steps = [&](index_t k_begin, index_t k_end) __attribute__((always_inline)) {

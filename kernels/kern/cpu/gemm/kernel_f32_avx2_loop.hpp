@@ -6,11 +6,12 @@
 // instructions for four steps, with one pointer for each operand and the offsets in the
 // instructions. g++ 12 compiles the same steps written with xsimd (kernel_f32.hpp) into 93
 // instructions that reach B and A through several derived pointers. In A/B runs of the two in one
-// process on a Zen 3 core (1024^3, 2048^3, 256x3072x768, 1024x768x3072 and the 768x768x1024 weight
-// gradient, on one and two threads) the GEMM ran 1.06-1.25x faster with this loop, and 1.11-1.25x
-// faster than with the xsimd loop aligned to 32 bytes (-falign-loops=32); see "On an AVX2 machine"
-// in docs/kernels/gemm.md. Each accumulator takes the same FMAs in the same order as in the xsimd
-// loop, so the results are bit-identical to it (the tests compare the paths bit for bit).
+// process on a Zen 3 core (1024^3, 2048^3, 256x3072x768, 1024x768x3072 and the weight gradients
+// 768x768x1024, 768x3072x256 and 768x2304x256, on one and two threads) the GEMM ran 1.06-1.25x
+// faster with this loop, and 1.11-1.25x faster than with the xsimd loop aligned to 32 bytes
+// (-falign-loops=32); see "On an AVX2 machine" in docs/kernels/gemm.md. Each accumulator takes the
+// same FMAs in the same order as in the xsimd loop, so the results are bit-identical to it (the
+// tests compare the paths bit for bit).
 //
 // GNU extended assembly: compiled where the including translation unit targets AVX2 without
 // AVX-512 with g++ or clang; elsewhere kernel_f32.hpp keeps its xsimd loop.
