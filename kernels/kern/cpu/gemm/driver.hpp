@@ -192,13 +192,12 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
                                  M * std::min<index_t>(K, Kernel::kc) <= single_block_rows * Kernel::kc &&
                                  n_panels >= threads * single_block_min_panels;
   const bool single_block = (M <= single_block_rows || single_block_fits) && N > single_block_min_panels * NR;
-  index_t ic_blocks = 1;
-  if (!single_block) {
-    index_t rows_per_block = Kernel::mc;
-    if constexpr (requires { Kernel::block_rows(K); }) {
-      rows_per_block = Kernel::block_rows(std::min<index_t>(K, Kernel::kc));
+  index_t ic_blocks = single_block ? 1 : (M + Kernel::mc - 1) / Kernel::mc;
+  if constexpr (requires { Kernel::block_rows(K); }) { // a kernel whose blocks depend on the depth
+    if (!single_block) {
+      const index_t rows_per_block = Kernel::block_rows(std::min<index_t>(K, Kernel::kc));
+      ic_blocks = (M + rows_per_block - 1) / rows_per_block;
     }
-    ic_blocks = (M + rows_per_block - 1) / rows_per_block;
   }
   if (ic_blocks > threads) {
     ic_blocks = std::min(m_panels, (ic_blocks + threads - 1) / threads * threads);

@@ -91,13 +91,9 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   // 126 x 1024 x 4 = 504 KiB of A (AVX-512), 192 x 384 x 4 = 288 KiB (AVX2), 288 x 256 x 4 (SSE2, NEON)
   static constexpr int kc = wide ? 1024 : avx2 ? 384 : 256;
   static constexpr int mc = wide ? 14 * 9 : avx2 ? 6 * 32 : 6 * 48;
-  // Rows of A in one packed block over `depth` (<= kc) k steps (see MC above).
-  static constexpr index_t block_rows(index_t depth) {
-    if constexpr (!avx2) {
-      return mc;
-    } else {
-      return std::max<index_t>(mc, index_t{mc} * kc / std::max<index_t>(depth, 1) / MR * MR);
-    }
+  // Rows of A in one packed block over `depth` (<= kc) k steps on AVX2 (see MC above); MC elsewhere.
+  static constexpr index_t block_rows(index_t depth) requires avx2 {
+    return std::max<index_t>(mc, index_t{mc} * kc / std::max<index_t>(depth, 1) / MR * MR);
   }
   static constexpr int nc = 1024;
   static constexpr int default_mr = wide ? 14 : 6;
