@@ -73,6 +73,9 @@ constexpr shape shapes[] = {{1, 50, 768, transpose::none},
                             {40, 20, 2500, transpose::none},
                             {400, 70, 2100, transpose::trans},
                             {130, 1100, 31, transpose::none},
+                            // several row blocks over a K shorter than one K block (AVX2 then makes the blocks
+                            // taller), with k steps before the near-end point that are not a multiple of four
+                            {700, 200, 250, transpose::none},
                             // B of up to 16 columns runs on the 16 x 16 kernel unpacked, on the 14 x 32 one pre-packed
                             {37, 16, 1500, transpose::none},
                             {300, 9, 2100, transpose::trans}};
