@@ -467,7 +467,7 @@ const bool registered = [] {
   // tile straddles three cache lines instead of filling two.
   add_shape({.m = 768, .n = 2304, .k = 256, .trans_a = true, .beta = 1.0f, .tag = "dW", .offset = 4}, false);
   add_shape({.m = 288, .n = 16, .k = 16384, .trans_a = true, .beta = 1.0f, .tag = "dW"}, true);
-  add_shape({.m = 1, .n = 50304, .k = 768, .tag = "decode"}, false);
+  add_shape({.m = 1, .n = 50304, .k = 768, .tag = "decode"}, true);
   return true;
 }();
 

@@ -587,6 +587,57 @@ TEST(CpuGemmF32ComputeBf16, RoundsInputsToBf16) {
   EXPECT_EQ(c[0], (1.0f + 0x1p-10f) * (1.0f + 0x1p-10f));
 }
 
+// Every packing and streaming path rounds to nearest with ties to even, like kern::bf16(float):
+// one operand holds values of which half lie exactly halfway between two bf16 (low 16 bits 0x8000),
+// the other is the identity, so C must be exactly the rounded values. Sizes reach the small-M path
+// (M <= 4), whole vectors and their edges, and both storage orders of each operand.
+TEST(CpuGemmF32ComputeBf16, RoundsTiesToEven) {
+  const std::uint32_t seed = fresh_seed();
+  std::mt19937 rng(seed);
+  auto halfway_or_random = [&] {
+    std::uint32_t b = (rng() & 0x807fffffu) | (static_cast<std::uint32_t>(110 + rng() % 30) << 23);
+    if (rng() % 2 == 0) {
+      b = (b & 0xffff0000u) | 0x8000u;
+    }
+    return std::bit_cast<float>(b);
+  };
+  for (const auto [rows, cols] : {std::array<index_t, 2>{1, 45}, {4, 40}, {37, 70}, {300, 33}}) {
+    for (const bool data_in_a : {true, false}) {
+      for (const bool transposed : {false, true}) {
+        // data_in_a: C (rows x cols) = A x I; otherwise C = I x B. The data operand is stored
+        // transposed or not; the identity is its own transpose.
+        const index_t depth = data_in_a ? cols : rows;
+        std::vector<float> data(static_cast<std::size_t>(rows * cols)),
+            identity(static_cast<std::size_t>(depth * depth));
+        for (auto& v : data) {
+          v = halfway_or_random();
+        }
+        for (index_t i = 0; i < depth; ++i) {
+          identity[static_cast<std::size_t>(i * depth + i)] = 1.0f;
+        }
+        const index_t data_ld = transposed ? rows : cols;
+        const kern::matrix_view<const float> data_view{data.data(), transposed ? cols : rows, transposed ? rows : cols};
+        const kern::matrix_view<const float> identity_view{identity.data(), depth, depth};
+        std::vector<float> c(static_cast<std::size_t>(rows * cols), -1.0f);
+        kern::ops::gemm_params<float, float, float> p{.a = data_in_a ? data_view : identity_view,
+                                                      .b = data_in_a ? identity_view : data_view,
+                                                      .c = {c.data(), rows, cols}};
+        (data_in_a ? p.trans_a : p.trans_b) = transposed ? transpose::trans : transpose::none;
+        p.compute = gemm_compute::bf16;
+        kern::cpu::gemm(kern::cpu::context(1), p);
+        for (index_t i = 0; i < rows; ++i) {
+          for (index_t j = 0; j < cols; ++j) {
+            const float x = data[static_cast<std::size_t>(transposed ? j * data_ld + i : i * data_ld + j)];
+            ASSERT_EQ(c[static_cast<std::size_t>(i * cols + j)], static_cast<float>(bf16(x)))
+                << "C(" << i << ", " << j << ") of " << rows << " x " << cols << (data_in_a ? ", A" : ", B")
+                << (transposed ? " transposed" : "") << ", x = " << x << ", seed " << seed;
+          }
+        }
+      }
+    }
+  }
+}
+
 // bf16 work runs on the kernel the ISA level calls for: the AMX kernel (emulated tiles in a
 // KERN_CPU_AMX_EMULATED build, from AVX512-BF16 up), the AVX512-BF16 kernel, or fp32 FMAs.
 TEST(CpuGemm, Bf16WorkRunsOnTheExpectedKernel) {

@@ -99,6 +99,18 @@ template <class Arch, class T> void store_from_float(T* dst, fbatch<Arch> v) {
   }
 }
 
+// Each lane rounded to the nearest bf16 and kept as fp32: float(bf16(x)) for every lane, NaN made
+// quiet with its sign. The same carry as store_from_float, with the dropped half cleared in place.
+template <class Arch> fbatch<Arch> round_through_bf16(fbatch<Arch> v) {
+  using ubatch = xsimd::batch<std::uint32_t, Arch>;
+  const ubatch bits = xsimd::bitwise_cast<ubatch>(v);
+  const ubatch kept_half(0xffff0000u);
+  const ubatch rounded = (bits + ubatch(0x7fffu) + ((bits >> 16) & ubatch(1u))) & kept_half;
+  const ubatch quiet_nan = (bits | ubatch(0x00400000u)) & kept_half;
+  return xsimd::select(v != v, xsimd::bitwise_cast<fbatch<Arch>>(quiet_nan),
+                       xsimd::bitwise_cast<fbatch<Arch>>(rounded));
+}
+
 // The first n (< lanes) values of T as fp32; the other lanes hold `fill`.
 template <class Arch, class T> fbatch<Arch> load_float_partial(const T* src, index_t n, float fill = 0.0f) {
   T part[fbatch<Arch>::size];

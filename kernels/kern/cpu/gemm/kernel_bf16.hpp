@@ -207,9 +207,11 @@ template <class Arch, int MR, int NV = 2> struct bf16_dot_kernel {
 
   // The small-M form, for decode: pairs of bf16 rows of B streamed whole (`width` columns, a
   // multiple of NR) into fp32 sums acc[i * ld_acc + j] of the first `rows` (<= MR) rows, with the same operation
-  // sequence per element as run(). B rows are `ldb` apart; an odd last row pairs with zeros.
-  static void accumulate_rows(index_t kc_steps, const packed* __restrict a, index_t rows, const bf16* __restrict b,
-                              index_t ldb, index_t width, float* __restrict acc, index_t ld_acc) {
+  // sequence per element as run(). B rows are `ldb` apart; an odd last row pairs with zeros. B is
+  // bf16, so there is nothing to round whatever Round asks.
+  template <bool Round> static void accumulate_rows(index_t kc_steps, const packed* __restrict a, index_t rows,
+                                                    const bf16* __restrict b, index_t ldb, index_t width,
+                                                    float* __restrict acc, index_t ld_acc) {
     const auto* a32 = reinterpret_cast<const std::int32_t*>(a);
     const index_t pairs = padded_depth(kc_steps) / 2;
     index_t kp = 0;

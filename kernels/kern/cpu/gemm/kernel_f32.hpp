@@ -39,6 +39,7 @@
 #include "kern/cpu/gemm/epilogue.hpp"
 #include "kern/cpu/gemm/kernel_f32_avx2_loop.hpp"
 #include "kern/cpu/isa.hpp"
+#include "kern/cpu/simd.hpp"
 
 namespace kern::cpu::detail {
 
@@ -113,6 +114,17 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   // 1.05x) otherwise. On AVX-512 unrolling measured no gain.
   static constexpr bool unroll_k_loop = !wide;
 
+  // packed_value for a batch: the vector packs round through bf16 in registers, where element by
+  // element the rounding made packing A^T for a 288 x 16 x 16384 weight gradient a third of the
+  // speed of the unrounded product.
+  template <bool Round> static batch packed_batch(batch v) {
+    if constexpr (Round) {
+      return round_through_bf16<Arch>(v);
+    } else {
+      return v;
+    }
+  }
+
   // Packed values per k step of a micro-panel row (1 here; 2 for the bf16 pair kernel).
   static constexpr index_t padded_depth(index_t depth) { return depth; }
   // Packed values from one k step of a B micro-panel to the next.
@@ -123,8 +135,8 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   // tenth of the GEMM's time otherwise on AVX-512, and on AVX2 it fell from 3.7% of the time to
   // 1.8% at 1024^3 (perf).
 #if defined(__AVX512F__)
-  template <bool Round, class T> static constexpr bool fast_pack_rows = isa_of<Arch>() >= isa::avx512 && !Round
-                                                                        && std::is_same_v<T, float> && MR <= 16;
+  template <bool Round, class T>
+  static constexpr bool fast_pack_rows = (isa_of<Arch>() >= isa::avx512) && MR <= 16 && std::is_same_v<T, float>;
 
   struct lanes_square {
     using reg = __m512;
@@ -167,9 +179,9 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
     }
   };
 #elif defined(__AVX2__)
-  template <bool Round, class T> static constexpr bool fast_pack_rows = isa_of<Arch>() == isa::avx2 && !Round
-                                                                        && std::is_same_v<T, float> &&
-                                                                        (MR == 4 || MR == 6 || MR == 8);
+  template <bool Round, class T>
+  static constexpr bool fast_pack_rows = (isa_of<Arch>() == isa::avx2) && std::is_same_v<T, float> &&
+                                         (MR == 4 || MR == 6 || MR == 8);
 
   struct lanes_square {
     using reg = __m256;
@@ -220,13 +232,16 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
 #endif
 #if defined(__AVX512F__) || defined(__AVX2__)
   // Rows of A (MR of them, `ld` apart, `depth` long) into one micro-panel, panel[k * MR + i].
-  static void pack_rows_transposed(const float* rows, index_t ld, index_t depth, float* panel) {
+  template <bool Round> static void pack_rows_transposed(const float* rows, index_t ld, index_t depth, float* panel) {
     constexpr int size = lanes_square::size;
     index_t k0 = 0;
     for (; k0 + size <= depth; k0 += size) {
       typename lanes_square::reg r[size];
       for (int i = 0; i < size; ++i) {
-        r[i] = i < MR ? lanes_square::load(rows + i * ld + k0) : lanes_square::zero();
+        r[i] = lanes_square::zero();
+        if (i < MR) {
+          r[i] = packed_batch<Round>(lanes_square::load(rows + i * ld + k0));
+        }
       }
       lanes_square::transpose(r);
       for (int j = 0; j < size; ++j) {
@@ -235,13 +250,14 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
     }
     for (; k0 < depth; ++k0) {
       for (int i = 0; i < MR; ++i) {
-        panel[k0 * MR + i] = rows[i * ld + k0];
+        panel[k0 * MR + i] = packed_value<Round>(rows[i * ld + k0]);
       }
     }
   }
 
   // NR = NV * lanes rows of B^T (`ld` apart) into one B micro-panel, panel[k * NR + j], lanes k at a
   // time; returns how many k it packed (a multiple of lanes).
+  template <bool Round>
   static index_t pack_columns_transposed(const float* rows, index_t ld, index_t depth, float* panel) {
     constexpr int size = lanes_square::size;
     static_assert(size == lanes);
@@ -250,7 +266,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
       for (index_t part = 0; part < NV; ++part) {
         typename lanes_square::reg r[size];
         for (int j = 0; j < size; ++j) {
-          r[j] = lanes_square::load(rows + (part * size + j) * ld + k0);
+          r[j] = packed_batch<Round>(lanes_square::load(rows + (part * size + j) * ld + k0));
         }
         lanes_square::transpose(r);
         for (int k = 0; k < size; ++k) {
@@ -262,8 +278,8 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   }
 #else
   template <bool Round, class T> static constexpr bool fast_pack_rows = false;
-  static void pack_rows_transposed(const float*, index_t, index_t, float*) {}
-  static index_t pack_columns_transposed(const float*, index_t, index_t, float*) { return 0; }
+  template <bool Round> static void pack_rows_transposed(const float*, index_t, index_t, float*) {}
+  template <bool Round> static index_t pack_columns_transposed(const float*, index_t, index_t, float*) { return 0; }
 #endif
 
   // Rows [row0, row0 + rows) x columns [col0, col0 + depth) of op(A) into MR-row micro-panels:
@@ -287,7 +303,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
             float* out = panel + k * MR;
 #if defined(__AVX512F__) || defined(__AVX2__)
             if constexpr (fast_pack_rows<Round, T>) { // one masked load (zeros past `valid`) and store
-              lanes_square::store_first_mr(out, lanes_square::load_first(src, valid));
+              lanes_square::store_first_mr(out, packed_batch<Round>(lanes_square::load_first(src, valid)));
               continue;
             }
 #endif
@@ -304,7 +320,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
       float* panel = dst + (p0 / MR) * depth * MR;
       if constexpr (fast_pack_rows<Round, T>) {
         if (!a.transposed && valid == MR) {
-          pack_rows_transposed(a.data + (row0 + p0) * a.ld + col0, a.ld, depth, panel);
+          pack_rows_transposed<Round>(a.data + (row0 + p0) * a.ld + col0, a.ld, depth, panel);
           continue;
         }
       }
@@ -324,11 +340,11 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
     const index_t valid = std::min<index_t>(nr, cols);
     // Separate loops for the valid columns and the zero padding keep both free of branches, so
     // that the compiler vectorizes them.
-    if (!b.transposed && valid == nr && !Round) { // whole rows of NR: NV vector copies per k
+    if (!b.transposed && valid == nr) { // whole rows of NR: NV vector copies per k
       for (index_t k = 0; k < depth; ++k) {
         const T* src = b.data + (row0 + k) * b.ld + col0;
         for (index_t v = 0; v < NV; ++v) {
-          load_float<Arch>(src + v * lanes).store_aligned(panel + k * nr + v * lanes);
+          packed_batch<Round>(load_float<Arch>(src + v * lanes)).store_aligned(panel + k * nr + v * lanes);
         }
       }
     } else if (!b.transposed) {
@@ -346,7 +362,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
       index_t k_done = 0;
       if constexpr (fast_pack_rows<Round, T>) {
         if (valid == nr) { // B^T's rows are op(B)'s columns: NV transposes of lanes x lanes per lanes k
-          k_done = pack_columns_transposed(b.data + col0 * b.ld + row0, b.ld, depth, panel);
+          k_done = pack_columns_transposed<Round>(b.data + col0 * b.ld + row0, b.ld, depth, panel);
         }
       }
       for (index_t j = 0; j < valid; ++j) {
@@ -370,12 +386,13 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   template <bool Round, class T> static void pack_b_panels(const op_view<T>& b, index_t row0, index_t depth,
                                                            index_t col0, index_t cols, index_t count, float* dst,
                                                            index_t panel_stride) {
-    if (!b.transposed && !Round && cols >= count * nr) {
+    if (!b.transposed && cols >= count * nr) {
       for (index_t k = 0; k < depth; ++k) {
         const T* src = b.data + (row0 + k) * b.ld + col0;
         for (index_t p = 0; p < count; ++p) {
           for (index_t v = 0; v < NV; ++v) {
-            load_float<Arch>(src + p * nr + v * lanes).store_aligned(dst + p * panel_stride + k * nr + v * lanes);
+            packed_batch<Round>(load_float<Arch>(src + p * nr + v * lanes))
+                .store_aligned(dst + p * panel_stride + k * nr + v * lanes);
           }
         }
       }
@@ -386,21 +403,24 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
     }
   }
 
-  // B can be read straight from its storage (rows of op(B) = B, NR columns at a time) when no
-  // rounding is needed: the small-M path does so instead of packing, and the blocked path's first
-  // tile of a panel packs it while it computes (b_copy in run_rows).
-  template <bool Round, class T> static constexpr bool reads_b_directly = !Round;
-  // What the driver asks before passing b_copy: only this kernel's run_rows takes one (the bf16
-  // kernels read B directly too, but their packed B is in k pairs, not B's rows).
-  template <bool Round, class T> static constexpr bool packs_b_in_first_tile = reads_b_directly<Round, T>;
+  // B can be read straight from its storage (rows of op(B) = B, NR columns at a time): the small-M
+  // path does so instead of packing, rounding each vector of B as it loads it where asked to (the
+  // bf16 compute mode). Each weight is used once there, and packing them cost more than the product:
+  // with B packed, 1 x 50304 x 768 in the bf16 compute mode ran at 0.23-0.25x oneDNN's sgemm on a
+  // Zen 3 core, reading B in place at 0.83-0.87x.
+  template <bool Round, class T> static constexpr bool reads_b_directly = true;
+  // Whether the blocked path's first tile of a panel packs it while it computes (b_copy in
+  // run_rows): only where no rounding is needed, and only this kernel's run_rows takes a b_copy
+  // (the bf16 kernels read B directly too, but their packed B is in k pairs, not B's rows).
+  template <bool Round, class T> static constexpr bool packs_b_in_first_tile = !Round;
 
   // One row of A: sums[0, V vectors) += A(0, :) B(:, V vectors), the sums in registers while the
   // chunk goes down all kc rows of B. Each row of B gives the chunk's V vectors (V cache lines on
   // AVX-512); the loads then have a fixed stride from one k to the next, which the hardware's stride
   // prefetchers follow, and the first line of the row 8 k ahead is asked for where they do not.
-  template <int V, class T> static void accumulate_column_chunk(index_t kc_steps, const float* __restrict a,
-                                                                const T* __restrict b, index_t ldb,
-                                                                float* __restrict acc) {
+  template <bool Round, int V, class T> static void accumulate_column_chunk(index_t kc_steps, const float* __restrict a,
+                                                                            const T* __restrict b, index_t ldb,
+                                                                            float* __restrict acc) {
     batch sum[V];
 #pragma GCC unroll 16
     for (index_t v = 0; v < V; ++v) {
@@ -412,7 +432,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
       const batch ak(a[k * MR]);
 #pragma GCC unroll 16
       for (index_t v = 0; v < V; ++v) {
-        sum[v] = xsimd::fma(ak, load_float<Arch>(row + v * lanes), sum[v]);
+        sum[v] = xsimd::fma(ak, packed_batch<Round>(load_float<Arch>(row + v * lanes)), sum[v]);
       }
     }
 #pragma GCC unroll 16
@@ -425,9 +445,9 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   // time, a cache line of each per step, and every sum takes its k in order. This form leaves
   // the streams to the hardware prefetchers: asking for the next four rows in software, as the
   // form for several rows of A does, was 2-11% slower on a Zen 3 core.
-  template <class T> static void accumulate_row_streamed(index_t kc_steps, const float* __restrict a,
-                                                         const T* __restrict b, index_t ldb, index_t width,
-                                                         float* __restrict acc) {
+  template <bool Round, class T> static void accumulate_row_streamed(index_t kc_steps, const float* __restrict a,
+                                                                     const T* __restrict b, index_t ldb, index_t width,
+                                                                     float* __restrict acc) {
     constexpr index_t line = 2 * index_t{lanes}; // a cache line of fp32 on AVX2: two vectors
     static_assert(nr % line == 0);               // width, a multiple of NR, is then whole lines
     index_t k = 0;
@@ -438,26 +458,27 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
 #pragma GCC unroll 2
         for (index_t h = j; h < j + line; h += lanes) {
           batch sum = batch::load_aligned(acc + h);
-          sum = xsimd::fma(a0, load_float<Arch>(row + h), sum);
-          sum = xsimd::fma(a1, load_float<Arch>(row + ldb + h), sum);
-          sum = xsimd::fma(a2, load_float<Arch>(row + 2 * ldb + h), sum);
-          sum = xsimd::fma(a3, load_float<Arch>(row + 3 * ldb + h), sum);
+          sum = xsimd::fma(a0, packed_batch<Round>(load_float<Arch>(row + h)), sum);
+          sum = xsimd::fma(a1, packed_batch<Round>(load_float<Arch>(row + ldb + h)), sum);
+          sum = xsimd::fma(a2, packed_batch<Round>(load_float<Arch>(row + 2 * ldb + h)), sum);
+          sum = xsimd::fma(a3, packed_batch<Round>(load_float<Arch>(row + 3 * ldb + h)), sum);
           sum.store_aligned(acc + h);
         }
       }
     }
-    accumulate_rows_from(k, kc_steps, a, 1, b, ldb, width, acc, width);
+    accumulate_rows_from<Round>(k, kc_steps, a, 1, b, ldb, width, acc, width);
   }
 
   // Steps [k, kc_steps) of accumulate_rows one row of B at a time: the steps left after groups of
   // four.
-  template <class T> static void accumulate_rows_from(index_t k, index_t kc_steps, const float* __restrict a,
-                                                      index_t rows, const T* __restrict b, index_t ldb, index_t width,
-                                                      float* __restrict acc, index_t ld_acc) {
+  template <bool Round, class T> static void accumulate_rows_from(index_t k, index_t kc_steps,
+                                                                  const float* __restrict a, index_t rows,
+                                                                  const T* __restrict b, index_t ldb, index_t width,
+                                                                  float* __restrict acc, index_t ld_acc) {
     for (; k < kc_steps; ++k) {
       const T* row = b + k * ldb;
       for (index_t j = 0; j < width; j += lanes) {
-        const batch bv = load_float<Arch>(row + j);
+        const batch bv = packed_batch<Round>(load_float<Arch>(row + j));
         for (index_t i = 0; i < rows; ++i) {
           float* sum = acc + i * ld_acc + j;
           xsimd::fma(batch(a[k * MR + i]), bv, batch::load_aligned(sum)).store_aligned(sum);
@@ -475,12 +496,12 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   // core, and from 0.97x to 1.11x on two. With AVX2's chunks of four cache lines, each step of a
   // chunk lands on another page: on a Zen 3 core the chunks read B at 0.54-0.63x oneDNN's speed,
   // the streamed form at 0.92-1.03x, so there one row streams too (accumulate_row_streamed).
-  template <class T> static void accumulate_rows(index_t kc_steps, const float* __restrict a, index_t rows,
-                                                 const T* __restrict b, index_t ldb, index_t width,
-                                                 float* __restrict acc, index_t ld_acc) {
+  template <bool Round, class T> static void accumulate_rows(index_t kc_steps, const float* __restrict a, index_t rows,
+                                                             const T* __restrict b, index_t ldb, index_t width,
+                                                             float* __restrict acc, index_t ld_acc) {
     if constexpr (!wide) {
       if (rows == 1) {
-        accumulate_row_streamed(kc_steps, a, b, ldb, width, acc);
+        accumulate_row_streamed<Round>(kc_steps, a, b, ldb, width, acc);
         return;
       }
     }
@@ -488,10 +509,10 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
       constexpr index_t chunk = 8; // vectors: eight cache lines per row of B on AVX-512
       index_t j = 0;
       for (; j + chunk * lanes <= width; j += chunk * lanes) {
-        accumulate_column_chunk<chunk>(kc_steps, a, b + j, ldb, acc + j);
+        accumulate_column_chunk<Round, chunk>(kc_steps, a, b + j, ldb, acc + j);
       }
       for (; j < width; j += index_t{NV} * lanes) {
-        accumulate_column_chunk<NV>(kc_steps, a, b + j, ldb, acc + j);
+        accumulate_column_chunk<Round, NV>(kc_steps, a, b + j, ldb, acc + j);
       }
       return;
     }
@@ -506,10 +527,10 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
         for (index_t ahead = 4; ahead < 8; ++ahead) {
           __builtin_prefetch(row + ahead * ldb + j, 0, 3);
         }
-        const batch b0 = load_float<Arch>(row + j);
-        const batch b1 = load_float<Arch>(row + ldb + j);
-        const batch b2 = load_float<Arch>(row + 2 * ldb + j);
-        const batch b3 = load_float<Arch>(row + 3 * ldb + j);
+        const batch b0 = packed_batch<Round>(load_float<Arch>(row + j));
+        const batch b1 = packed_batch<Round>(load_float<Arch>(row + ldb + j));
+        const batch b2 = packed_batch<Round>(load_float<Arch>(row + 2 * ldb + j));
+        const batch b3 = packed_batch<Round>(load_float<Arch>(row + 3 * ldb + j));
         for (index_t i = 0; i < rows; ++i) {
           float* sum = acc + i * ld_acc + j;
           batch s = batch::load_aligned(sum);
@@ -521,7 +542,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
         }
       }
     }
-    accumulate_rows_from(k, kc_steps, a, rows, b, ldb, width, acc, ld_acc);
+    accumulate_rows_from<Round>(k, kc_steps, a, rows, b, ldb, width, acc, ld_acc);
   }
 
   // The tile = A (MR x kc) times kc rows of NR values of B, `ldb` apart; B is either a packed panel

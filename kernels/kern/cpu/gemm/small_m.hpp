@@ -45,7 +45,8 @@ void gemm_small_m(const context& ctx, const ops::gemm_params<TA, TB, TC>& p) {
         const index_t padded_cols = full + (cols > full ? NR : 0);
         std::fill(sums, sums + M * padded_cols, 0.0f);
         if (full > 0) {
-          Kernel::accumulate_rows(kc, packed_a, M, p.b.data + pc * p.b.ld + j0, p.b.ld, full, sums, padded_cols);
+          Kernel::template accumulate_rows<Round>(kc, packed_a, M, p.b.data + pc * p.b.ld + j0, p.b.ld, full, sums,
+                                                  padded_cols);
         }
         if (cols > full) {
           for (index_t k = 0; k < kc; ++k) {
@@ -53,7 +54,7 @@ void gemm_small_m(const context& ctx, const ops::gemm_params<TA, TB, TC>& p) {
               edge[k * NR + j] = j < cols - full ? b(pc + k, j0 + full + j) : TB(0.0f);
             }
           }
-          Kernel::accumulate_rows(kc, packed_a, M, edge, NR, NR, sums + full, padded_cols);
+          Kernel::template accumulate_rows<Round>(kc, packed_a, M, edge, NR, NR, sums + full, padded_cols);
         }
         const auto t = tile_target_at(p, 0, j0, p.alpha, pc == 0, pc + kc == K, partial_in_c ? nullptr : partial, cols);
         write_tile<arch>(sums, padded_cols, M, cols, t);
