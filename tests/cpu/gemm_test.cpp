@@ -589,8 +589,10 @@ TEST(CpuGemmF32ComputeBf16, RoundsInputsToBf16) {
 
 // Every packing and streaming path rounds to nearest with ties to even, like kern::bf16(float):
 // one operand holds values of which half lie exactly halfway between two bf16 (low 16 bits 0x8000),
-// the other is the identity, so C must be exactly the rounded values. Sizes reach the small-M path
-// (M <= 4), whole vectors and their edges, and both storage orders of each operand.
+// the other is the identity, so C must be exactly the rounded values. A few lines of the data hold
+// a NaN whose payload lies in the dropped half (rounded like a number, it would carry into Inf):
+// their lines of C must be NaN. Sizes reach the small-M path (M <= 4), whole vectors and their
+// edges, and both storage orders of each operand.
 TEST(CpuGemmF32ComputeBf16, RoundsTiesToEven) {
   const std::uint32_t seed = fresh_seed();
   std::mt19937 rng(seed);
@@ -600,6 +602,10 @@ TEST(CpuGemmF32ComputeBf16, RoundsTiesToEven) {
       b = (b & 0xffff0000u) | 0x8000u;
     }
     return std::bit_cast<float>(b);
+  };
+  auto low_payload_nan = [&] {
+    return std::bit_cast<float>(
+        static_cast<std::uint32_t>((rng() & 0x80000000u) | 0x7f800000u | (1u + rng() % 0x7fffu)));
   };
   for (const auto [rows, cols] : {std::array<index_t, 2>{1, 45}, {4, 40}, {37, 70}, {300, 33}}) {
     for (const bool data_in_a : {true, false}) {
@@ -615,7 +621,18 @@ TEST(CpuGemmF32ComputeBf16, RoundsTiesToEven) {
         for (index_t i = 0; i < depth; ++i) {
           identity[static_cast<std::size_t>(i * depth + i)] = 1.0f;
         }
+        // op(data) and C are both rows x cols, op(data)(i, j) stored at data[at(i, j)]. A NaN in
+        // op(A)'s row i makes C's row i NaN; one in op(B)'s column j, C's column j.
         const index_t data_ld = transposed ? rows : cols;
+        auto at = [&](index_t i, index_t j) {
+          return static_cast<std::size_t>(transposed ? j * data_ld + i : i * data_ld + j);
+        };
+        std::vector<bool> nan_line(static_cast<std::size_t>(data_in_a ? rows : cols));
+        for (index_t line = 3 + rng() % 5; line < std::ssize(nan_line); line += 7 + rng() % 9) {
+          nan_line[static_cast<std::size_t>(line)] = true;
+          const auto along = static_cast<index_t>(rng() % depth);
+          data[data_in_a ? at(line, along) : at(along, line)] = low_payload_nan();
+        }
         const kern::matrix_view<const float> data_view{data.data(), transposed ? cols : rows, transposed ? rows : cols};
         const kern::matrix_view<const float> identity_view{identity.data(), depth, depth};
         std::vector<float> c(static_cast<std::size_t>(rows * cols), -1.0f);
@@ -627,10 +644,16 @@ TEST(CpuGemmF32ComputeBf16, RoundsTiesToEven) {
         kern::cpu::gemm(kern::cpu::context(1), p);
         for (index_t i = 0; i < rows; ++i) {
           for (index_t j = 0; j < cols; ++j) {
-            const float x = data[static_cast<std::size_t>(transposed ? j * data_ld + i : i * data_ld + j)];
-            ASSERT_EQ(c[static_cast<std::size_t>(i * cols + j)], static_cast<float>(bf16(x)))
-                << "C(" << i << ", " << j << ") of " << rows << " x " << cols << (data_in_a ? ", A" : ", B")
-                << (transposed ? " transposed" : "") << ", x = " << x << ", seed " << seed;
+            const float x = data[at(i, j)], out = c[static_cast<std::size_t>(i * cols + j)];
+            const std::string where = "C(" + std::to_string(i) + ", " + std::to_string(j) + ") of " +
+                                      std::to_string(rows) + " x " + std::to_string(cols) +
+                                      (data_in_a ? ", A" : ", B") + (transposed ? " transposed" : "") + ", seed " +
+                                      std::to_string(seed);
+            if (nan_line[static_cast<std::size_t>(data_in_a ? i : j)]) {
+              ASSERT_TRUE(std::isnan(out)) << where << " is " << out << ", not NaN";
+            } else {
+              ASSERT_EQ(out, static_cast<float>(bf16(x))) << where << ", x = " << x;
+            }
           }
         }
       }

@@ -107,7 +107,7 @@ template <class Arch> fbatch<Arch> round_through_bf16(fbatch<Arch> v) {
   const ubatch kept_half(0xffff0000u);
   const ubatch rounded = (bits + ubatch(0x7fffu) + ((bits >> 16) & ubatch(1u))) & kept_half;
   const ubatch quiet_nan = (bits | ubatch(0x00400000u)) & kept_half;
-  return xsimd::select(v != v, xsimd::bitwise_cast<fbatch<Arch>>(quiet_nan),
+  return xsimd::select(xsimd::isnan(v), xsimd::bitwise_cast<fbatch<Arch>>(quiet_nan),
                        xsimd::bitwise_cast<fbatch<Arch>>(rounded));
 }
 

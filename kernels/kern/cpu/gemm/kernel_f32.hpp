@@ -306,6 +306,12 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
               lanes_square::store_first_mr(out, packed_batch<Round>(lanes_square::load_first(src, valid)));
               continue;
             }
+            if constexpr (std::is_same_v<T, bf16> && MR <= lanes) {
+              if (p0 + lanes <= rows) { // a whole vector of bf16 inside the block, widened in registers
+                lanes_square::store_first_mr(out, load_float<Arch>(src));
+                continue;
+              }
+            }
 #endif
             for (index_t i = 0; i < MR; ++i) {
               out[i] = i < valid ? packed_value<Round>(src[i]) : 0.0f;
