@@ -628,7 +628,8 @@ TEST(CpuGemmF32ComputeBf16, RoundsTiesToEven) {
           return static_cast<std::size_t>(transposed ? j * data_ld + i : i * data_ld + j);
         };
         std::vector<bool> nan_line(static_cast<std::size_t>(data_in_a ? rows : cols));
-        for (index_t line = 3 + rng() % 5; line < std::ssize(nan_line); line += 7 + rng() % 9) {
+        for (auto line = static_cast<index_t>(3 + rng() % 5); line < std::ssize(nan_line);
+             line += static_cast<index_t>(7 + rng() % 9)) {
           nan_line[static_cast<std::size_t>(line)] = true;
           const auto along = static_cast<index_t>(rng() % depth);
           data[data_in_a ? at(line, along) : at(along, line)] = low_payload_nan();
