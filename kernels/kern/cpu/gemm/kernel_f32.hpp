@@ -124,6 +124,10 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
       return v;
     }
   }
+  // The values at src (lanes of T) as the kernel multiplies them.
+  template <bool Round, class T> static batch load_packed(const T* src) {
+    return packed_batch<Round>(load_float<Arch>(src));
+  }
 
   // Packed values per k step of a micro-panel row (1 here; 2 for the bf16 pair kernel).
   static constexpr index_t padded_depth(index_t depth) { return depth; }
@@ -350,7 +354,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
       for (index_t k = 0; k < depth; ++k) {
         const T* src = b.data + (row0 + k) * b.ld + col0;
         for (index_t v = 0; v < NV; ++v) {
-          packed_batch<Round>(load_float<Arch>(src + v * lanes)).store_aligned(panel + k * nr + v * lanes);
+          load_packed<Round>(src + v * lanes).store_aligned(panel + k * nr + v * lanes);
         }
       }
     } else if (!b.transposed) {
@@ -397,8 +401,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
         const T* src = b.data + (row0 + k) * b.ld + col0;
         for (index_t p = 0; p < count; ++p) {
           for (index_t v = 0; v < NV; ++v) {
-            packed_batch<Round>(load_float<Arch>(src + p * nr + v * lanes))
-                .store_aligned(dst + p * panel_stride + k * nr + v * lanes);
+            load_packed<Round>(src + p * nr + v * lanes).store_aligned(dst + p * panel_stride + k * nr + v * lanes);
           }
         }
       }
@@ -438,7 +441,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
       const batch ak(a[k * MR]);
 #pragma GCC unroll 16
       for (index_t v = 0; v < V; ++v) {
-        sum[v] = xsimd::fma(ak, packed_batch<Round>(load_float<Arch>(row + v * lanes)), sum[v]);
+        sum[v] = xsimd::fma(ak, load_packed<Round>(row + v * lanes), sum[v]);
       }
     }
 #pragma GCC unroll 16
@@ -464,10 +467,10 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
 #pragma GCC unroll 2
         for (index_t h = j; h < j + line; h += lanes) {
           batch sum = batch::load_aligned(acc + h);
-          sum = xsimd::fma(a0, packed_batch<Round>(load_float<Arch>(row + h)), sum);
-          sum = xsimd::fma(a1, packed_batch<Round>(load_float<Arch>(row + ldb + h)), sum);
-          sum = xsimd::fma(a2, packed_batch<Round>(load_float<Arch>(row + 2 * ldb + h)), sum);
-          sum = xsimd::fma(a3, packed_batch<Round>(load_float<Arch>(row + 3 * ldb + h)), sum);
+          sum = xsimd::fma(a0, load_packed<Round>(row + h), sum);
+          sum = xsimd::fma(a1, load_packed<Round>(row + ldb + h), sum);
+          sum = xsimd::fma(a2, load_packed<Round>(row + 2 * ldb + h), sum);
+          sum = xsimd::fma(a3, load_packed<Round>(row + 3 * ldb + h), sum);
           sum.store_aligned(acc + h);
         }
       }
@@ -484,7 +487,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
     for (; k < kc_steps; ++k) {
       const T* row = b + k * ldb;
       for (index_t j = 0; j < width; j += lanes) {
-        const batch bv = packed_batch<Round>(load_float<Arch>(row + j));
+        const batch bv = load_packed<Round>(row + j);
         for (index_t i = 0; i < rows; ++i) {
           float* sum = acc + i * ld_acc + j;
           xsimd::fma(batch(a[k * MR + i]), bv, batch::load_aligned(sum)).store_aligned(sum);
@@ -533,10 +536,10 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
         for (index_t ahead = 4; ahead < 8; ++ahead) {
           __builtin_prefetch(row + ahead * ldb + j, 0, 3);
         }
-        const batch b0 = packed_batch<Round>(load_float<Arch>(row + j));
-        const batch b1 = packed_batch<Round>(load_float<Arch>(row + ldb + j));
-        const batch b2 = packed_batch<Round>(load_float<Arch>(row + 2 * ldb + j));
-        const batch b3 = packed_batch<Round>(load_float<Arch>(row + 3 * ldb + j));
+        const batch b0 = load_packed<Round>(row + j);
+        const batch b1 = load_packed<Round>(row + ldb + j);
+        const batch b2 = load_packed<Round>(row + 2 * ldb + j);
+        const batch b3 = load_packed<Round>(row + 3 * ldb + j);
         for (index_t i = 0; i < rows; ++i) {
           float* sum = acc + i * ld_acc + j;
           batch s = batch::load_aligned(sum);
