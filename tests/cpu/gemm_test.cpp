@@ -592,7 +592,8 @@ TEST(CpuGemmF32ComputeBf16, RoundsInputsToBf16) {
 // the other is the identity, so C must be exactly the rounded values. A few lines of the data hold
 // a NaN whose payload lies in the dropped half (rounded like a number, it would carry into Inf):
 // their lines of C must be NaN. Sizes reach the small-M path (M <= 4), whole vectors and their
-// edges, and both storage orders of each operand.
+// edges, a B of one panel (N <= 8 or 16, where A^T's rows are copied rather than packed), and both
+// storage orders of each operand.
 TEST(CpuGemmF32ComputeBf16, RoundsTiesToEven) {
   const std::uint32_t seed = fresh_seed();
   std::mt19937 rng(seed);
@@ -607,7 +608,7 @@ TEST(CpuGemmF32ComputeBf16, RoundsTiesToEven) {
     return std::bit_cast<float>(
         static_cast<std::uint32_t>((rng() & 0x80000000u) | 0x7f800000u | (1u + rng() % 0x7fffu)));
   };
-  for (const auto [rows, cols] : {std::array<index_t, 2>{1, 45}, {4, 40}, {37, 70}, {300, 33}}) {
+  for (const auto [rows, cols] : {std::array<index_t, 2>{1, 45}, {4, 40}, {37, 70}, {300, 33}, {37, 8}, {300, 13}}) {
     for (const bool data_in_a : {true, false}) {
       for (const bool transposed : {false, true}) {
         // data_in_a: C (rows x cols) = A x I; otherwise C = I x B. The data operand is stored
