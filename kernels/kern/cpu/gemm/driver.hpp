@@ -160,15 +160,15 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
     }
     return false;
   }();
-  constexpr bool rounded_copy_a_possible = [] {
-    if constexpr (requires { Kernel::template copies_transposed_a_rounded<Round, TA>; }) {
-      return Kernel::template copies_transposed_a_rounded<Round, TA>;
+  constexpr bool copy_a_possible = [] {
+    if constexpr (requires { Kernel::template copies_transposed_a_rows<Round, TA>; }) {
+      return Kernel::template copies_transposed_a_rows<Round, TA>;
     }
     return false;
   }();
-  // A^T's full panels read with a run-time k step under a B of one panel: in place, or from a
-  // rounded copy of its rows in packed_a.
-  const bool a_by_rows = (in_place_a_possible || rounded_copy_a_possible) && a.transposed && N <= NR;
+  // A^T's full panels read with a run-time k step under a B of one panel: in place, or from a copy
+  // of its rows in packed_a.
+  const bool a_by_rows = (in_place_a_possible || copy_a_possible) && a.transposed && N <= NR;
   // Partial sums of earlier K blocks go to C itself when C is f32, unless C is also the residual
   // and there are several K blocks (the residual must still be the original C at the last block).
   const bool partial_in_c =
@@ -311,9 +311,9 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
         for (index_t pc = pc_begin; pc < pc_end; pc += Kernel::kc) {
           const index_t kc = std::min<index_t>(Kernel::kc, K - pc);
           const index_t depth = Kernel::padded_depth(kc);
-          // Full panels read by rows, in place (see reads_transposed_a_in_place) or from their
-          // rounded copy at the start of packed_a (copies_transposed_a_rounded), `by_rows_ld` values
-          // from one k step to the next; the rest packed as usual, after them.
+          // Full panels read by rows, in place (see reads_transposed_a_in_place) or from a copy of
+          // their rows at the start of packed_a (copies_transposed_a_rows), `by_rows_ld` values from
+          // one k step to the next; the rest packed as usual, after them.
           const index_t by_rows = a_by_rows ? mc / MR * MR : 0;
           const float* a_rows = nullptr;
           index_t by_rows_ld = 0;
@@ -321,8 +321,8 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
             if constexpr (in_place_a_possible) {
               a_rows = a.data + pc * a.ld + ic;
               by_rows_ld = a.ld;
-            } else if constexpr (rounded_copy_a_possible) {
-              Kernel::copy_rows_rounded(a.data + pc * a.ld + ic, a.ld, kc, by_rows, packed_a);
+            } else if constexpr (copy_a_possible) {
+              Kernel::template copy_rows<Round>(a.data + pc * a.ld + ic, a.ld, kc, by_rows, packed_a);
               a_rows = packed_a;
               by_rows_ld = by_rows;
             }
@@ -346,7 +346,7 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
             for (index_t ir = 0; ir < mc; ir += MR) {
               const packed* a_panel = packed_a + (ir / MR) * depth * MR;
               index_t a_k_step = MR;
-              if constexpr (in_place_a_possible || rounded_copy_a_possible) {
+              if constexpr (in_place_a_possible || copy_a_possible) {
                 if (ir < by_rows) {
                   a_panel = a_rows + ir;
                   a_k_step = by_rows_ld;

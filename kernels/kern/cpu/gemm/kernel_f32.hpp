@@ -713,26 +713,31 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   // with the kernel's prefetch of the rows ahead: 288 x 16 x 16384 went from 87 GFLOP/s (packed, or
   // in place without the prefetch) to 116-122 on one core.
   template <bool Round, class T> static constexpr bool reads_transposed_a_in_place = !Round && std::is_same_v<T, float>;
-  // In the bf16 compute mode those shapes read a copy of A^T's rows instead, rounded through bf16
-  // (copy_rows_rounded), with the same stride of a run-time k step: a copy keeps each stored row
-  // whole, where packing deals every row out to the panels, MR values to each.
-  template <bool Round, class T> static constexpr bool copies_transposed_a_rounded = Round&& std::is_same_v<T, float>;
+  // Where A^T cannot be read as the kernel multiplies it (fp32 to round through bf16 in the bf16
+  // compute mode, or bf16 to widen), those shapes read a copy of its rows instead (copy_rows), with
+  // the same run-time k step: a copy keeps each stored row whole, where packing deals every row out
+  // to the panels, MR values to each. With the copy, and whole rows in one block, 288 x 16 x 16384
+  // ran 1.58-1.87x faster in the bf16 compute mode and 1.39-1.53x with bf16 inputs than packed in
+  // blocks of part-rows, on one and two threads of a Zen 3 core (two builds interleaved).
+  template <bool Round, class T> static constexpr bool copies_transposed_a_rows =
+      !reads_transposed_a_in_place<Round, T>;
 
-  // `depth` stored rows of A^T from `first` (`ld` apart), the first `count` values of each, rounded
-  // through bf16 into dst, rows `count` apart. The rows are mostly whole (one block of rows, see
-  // by_rows_block_fits in the driver), so this reads one sequential stream, which the hardware
-  // prefetchers follow: asking for the rows ahead in software, as the packing does, was 1.03-1.14x
-  // slower on a Zen 3 core.
-  static void copy_rows_rounded(const float* first, index_t ld, index_t depth, index_t count, float* dst) {
+  // `depth` stored rows of A^T from `first` (`ld` apart), the first `count` values of each, into
+  // dst as the kernel multiplies them, rows `count` apart. The rows are mostly whole (one block of
+  // rows, see by_rows_block_fits in the driver), so this reads one sequential stream, which the
+  // hardware prefetchers follow: asking for the rows ahead in software, as the packing does, was
+  // 1.03-1.14x slower on a Zen 3 core.
+  template <bool Round, class T>
+  static void copy_rows(const T* first, index_t ld, index_t depth, index_t count, float* dst) {
     for (index_t k = 0; k < depth; ++k) {
-      const float* src = first + k * ld;
+      const T* src = first + k * ld;
       float* out = dst + k * count;
       index_t i = 0;
       for (; i + lanes <= count; i += lanes) {
-        load_packed<true>(src + i).store_unaligned(out + i);
+        load_packed<Round>(src + i).store_unaligned(out + i);
       }
       for (; i < count; ++i) {
-        out[i] = packed_value<true>(src[i]);
+        out[i] = packed_value<Round>(src[i]);
       }
     }
   }
