@@ -199,12 +199,13 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
   const bool single_block_fits = first_tile_can_pack_b &&
                                  M * std::min<index_t>(K, Kernel::kc) <= single_block_rows * Kernel::kc &&
                                  n_panels >= threads * single_block_min_panels;
-  // A^T read by rows (a_by_rows) makes one block too while its rows fit one of single_block_rows
-  // rows: each K block then reads whole stored rows, one sequential stream, instead of a part of
-  // each row per block of rows, which the hardware prefetchers follow less well. 288 x 16 x 16384
-  // ran 1.39-1.44x faster in the bf16 compute mode (A^T copied and rounded) and 1.03-1.08x in fp32
-  // (A^T in place) on a Zen 3 core (two builds interleaved).
-  const bool by_rows_block_fits = a_by_rows && M * std::min<index_t>(K, Kernel::kc) <= single_block_rows * Kernel::kc;
+  // A^T read by rows (a_by_rows) makes one block too while the block stays in L2 (a_block_l2_bytes,
+  // which a copy of the rows then fills): each K block then reads whole stored rows, one sequential
+  // stream, instead of a part of each row per block of rows, which the hardware prefetchers follow
+  // less well. 288 x 16 x 16384 ran 1.39-1.44x faster in the bf16 compute mode (A^T copied and
+  // rounded) and 1.03-1.08x in fp32 (A^T in place) on a Zen 3 core (two builds interleaved).
+  const bool by_rows_block_fits =
+      a_by_rows && static_cast<std::size_t>(M * std::min<index_t>(K, Kernel::kc)) * sizeof(float) <= a_block_l2_bytes;
   const bool single_block =
       ((M <= single_block_rows || single_block_fits) && N > single_block_min_panels * NR) || by_rows_block_fits;
   index_t ic_blocks = single_block ? 1 : (M + Kernel::mc - 1) / Kernel::mc;
