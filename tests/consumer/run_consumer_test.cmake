@@ -19,7 +19,7 @@ endif()
 foreach(mode package subdirectory)
   set(build "${WORK_DIR}/build-${mode}")
   run("${CMAKE_COMMAND}" -S "${CMAKE_CURRENT_LIST_DIR}/project" -B "${build}"
-    "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}" "-DCMAKE_CXX_FLAGS=${CXX_FLAGS}" "-DCMAKE_BUILD_TYPE=${BUILD_TYPE}"
+    "-DCMAKE_CXX_COMPILER=${CXX_COMPILER}" "-DCMAKE_CXX_FLAGS=${CXX_FLAGS}" "-DCMAKE_BUILD_TYPE="
     "-DCMAKE_PREFIX_PATH=${prefix}" "-DKERN_CONSUMER_MODE=${mode}" "-DKERN_SOURCE_DIR=${KERN_SOURCE_DIR}")
   run("${CMAKE_COMMAND}" --build "${build}")
   run("${build}/consumer")
