@@ -173,8 +173,8 @@ private:
       first[kp] = _mm512_castsi512_ps(lo);
       second[kp] = _mm512_castsi512_ps(hi);
     }
-    f32_fma_kernel<Arch, 16>::lanes_square::transpose(first);
-    f32_fma_kernel<Arch, 16>::lanes_square::transpose(second);
+    lanes_square<Arch, 16>::transpose(first);
+    lanes_square<Arch, 16>::transpose(second);
     for (int i = 0; i < 16; ++i) {
       _mm512_storeu_ps(reinterpret_cast<float*>(out + i * step), first[i]);
       _mm512_storeu_ps(reinterpret_cast<float*>(out + (16 + i) * step), second[i]);

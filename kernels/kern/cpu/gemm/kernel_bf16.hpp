@@ -17,7 +17,7 @@
 #include <immintrin.h>
 
 #include "kern/core/dtype.hpp"
-#include "kern/cpu/gemm/kernel_f32.hpp"
+#include "kern/cpu/gemm/packing.hpp"
 
 namespace kern::cpu::detail {
 
@@ -78,7 +78,7 @@ template <class Arch, int MR, int NV = 2> struct bf16_dot_kernel {
           for (int i = 0; i < 16; ++i) {
             r[i] = i < MR ? _mm512_castsi512_ps(load_bf16x32(rows_base + i * a.ld + k)) : _mm512_setzero_ps();
           }
-          f32_fma_kernel<Arch, 16>::lanes_square::transpose(r);
+          lanes_square<Arch, 16>::transpose(r);
           for (int j = 0; j < 16; ++j) {
             _mm512_mask_storeu_ps(reinterpret_cast<float*>(panel + (k / 2 + j) * 2 * MR), row_mask, r[j]);
           }
@@ -170,7 +170,7 @@ template <class Arch, int MR, int NV = 2> struct bf16_dot_kernel {
           for (int j = 0; j < 16; ++j) {
             r[j] = _mm512_castsi512_ps(load_bf16x32(b.data + (col0 + half * 16 + j) * b.ld + row0 + k));
           }
-          f32_fma_kernel<Arch, 16>::lanes_square::transpose(r);
+          lanes_square<Arch, 16>::transpose(r);
           for (int kp = 0; kp < 16; ++kp) {
             _mm512_storeu_ps(reinterpret_cast<float*>(panel + (k / 2 + kp) * 2 * nr + half * 2 * lanes), r[kp]);
           }
