@@ -523,10 +523,13 @@ std::vector<gemm_case> exact_cases(gemm_compute compute) {
 
 // Small M x N over a long K on two threads: too few tiles to share, so the K blocks are shared out
 // and the shares' sums added before the epilogue (beta, bias, GELU and the residual must still be
-// applied once). Normal inputs, and integer inputs that must come out exact.
+// applied once). 40 x 7 and 7 x 5 are one panel of B on every ISA, 40 x 13 wherever NR >= 16 (a
+// tile of two vectors a row on AVX2) and 40 x 20 on AVX-512; 300 x 32 is split by rows. Normal
+// inputs, and integer inputs that must come out exact.
 std::vector<gemm_case> k_shared_cases(gemm_compute compute) {
   std::vector<gemm_case> cases;
-  for (shape s : {shape{40, 20, 4500}, shape{300, 32, 3100}, shape{7, 5, 3001}}) {
+  for (shape s :
+       {shape{40, 20, 4500}, shape{40, 13, 4100}, shape{40, 7, 3500}, shape{300, 32, 3100}, shape{7, 5, 3001}}) {
     for (bool ta : {false, true}) {
       for (bool tb : {false, true}) {
         for (float beta : {0.0f, 1.0f, -1.5f}) {

@@ -32,6 +32,8 @@ enum class gemm_compute : std::uint8_t {
   bf16,   // f32 inputs rounded to bf16 while packing, fp32 accumulation
 };
 
+constexpr std::string_view name(gemm_compute compute) { return compute == gemm_compute::bf16 ? "bf16" : "native"; }
+
 template <element_type TA, element_type TB, element_type TC> struct gemm_params {
   matrix_view<const TA> a;
   matrix_view<const TB> b;

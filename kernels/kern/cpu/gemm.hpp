@@ -120,7 +120,8 @@ template <element_type TA, element_type TB, element_type TC>
 void gemm(const context& ctx, const ops::gemm_params<TA, TB, TC>& params, const gemm_packed_b& b) {
   constexpr std::string_view op = "kern::cpu::gemm";
   require(b.b_type() == dtype_of_v<TB>, op, "packed B holds ", name(b.b_type()), " but B is ", name(dtype_of_v<TB>));
-  require(b.compute() == params.compute, op, "packed B was packed for another compute mode");
+  require(b.compute() == params.compute, op, "packed B was packed for compute mode ", ops::name(b.compute()),
+          ", the call asks for ", ops::name(params.compute));
   require(b.packed_for() == active_isa(), op, "packed B was packed for ISA ", name(b.packed_for()),
           ", this process runs ", name(active_isa()));
   // Validate as if B were there: a stand-in view with the packed shape (never read).
