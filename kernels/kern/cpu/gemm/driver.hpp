@@ -147,6 +147,95 @@ void add_k_shares(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, ind
   });
 }
 
+// The blocks of rows of C, one packed block of A each; block b goes to thread b % threads.
+struct row_blocks {
+  index_t count = 1;
+  index_t rows = 0;       // M
+  index_t panel_rows = 1; // MR
+  int threads = 1;
+  // When each thread gets the same number of blocks, the rows are first split exactly among the
+  // threads and each thread's share is then cut into panels, so that the only short panel is the
+  // last of each share: 768 rows are 55 panels, 28 for one thread and 27 for the other when split
+  // as panels, but 27 and a 6-row one for each when split as rows. Each thread's rows are then also
+  // contiguous. On two threads the 768-row weight gradients went from 0.80-0.93x to 0.91-0.94x
+  // oneDNN (bench/gemm, two builds interleaved).
+  bool split_per_thread = false;
+
+  // Rows [begin, end) of C in block `block`.
+  range of(index_t block) const {
+    const index_t panels = (rows + panel_rows - 1) / panel_rows;
+    if (!split_per_thread) {
+      const range panels_of_block = split_evenly(panels, static_cast<int>(count), static_cast<int>(block));
+      return range{panels_of_block.begin * panel_rows, std::min(rows, panels_of_block.end * panel_rows)};
+    }
+    const range share = split_evenly(rows, threads, static_cast<int>(block % threads));
+    const index_t share_panels = (share.end - share.begin + panel_rows - 1) / panel_rows;
+    const range panels_of_block =
+        split_evenly(share_panels, static_cast<int>(count / threads), static_cast<int>(block / threads));
+    return range{share.begin + panels_of_block.begin * panel_rows,
+                 std::min(share.end, share.begin + panels_of_block.end * panel_rows)};
+  }
+
+  // The most rows of any block, in whole panels: what its packed A holds.
+  index_t max_rows() const {
+    index_t most = 0;
+    for (index_t block = 0; block < count; ++block) {
+      const range r = of(block);
+      most = std::max(most, (r.end - r.begin + panel_rows - 1) / panel_rows * panel_rows);
+    }
+    return most;
+  }
+};
+
+// Row blocks: one up to single_block_rows rows when B is wider than a few panels (each B panel
+// then has one user, which packs it just before use); otherwise blocks of at most MC rows, as
+// many as a multiple of the thread count when there are more blocks than threads, sharing the
+// MR-row panels out evenly: 1024 rows on 2 threads are 10 blocks of 7 or 8 panels, not 8 of 126
+// rows and a 16-row ninth, which would leave one thread idle. first_tile_can_pack_b: the first
+// tile of each panel of B packs it (b_packed_by_first_tile in gemm_blocked); a_by_rows: A^T's
+// full panels are read with a run-time k step under a B of one panel.
+template <class Kernel>
+row_blocks plan_row_blocks(index_t M, index_t N, index_t K, int threads, bool first_tile_can_pack_b, bool a_by_rows) {
+  constexpr int MR = Kernel::mr, NR = Kernel::nr;
+  const index_t m_panels = (M + MR - 1) / MR;
+  // Over a short K (the weight gradients of 256 tokens), a block as large as that of
+  // single_block_rows rows at full depth holds more rows: 768 x 2304 x 256 then reads B once, as
+  // its first tiles pack it, instead of packing it first and reading it back for each of 7 MC
+  // blocks. Only while every thread still gets several panels of B, which are what the threads
+  // share with one block of rows, and only where the first tiles pack B: packed in a pass of its
+  // own, as the bf16 kernels' pair layout is, 768 x 768 x 256 in bf16 lost 4-5%. In fp32,
+  // 768x3072x256_dW went from 0.83-0.88x oneDNN to 0.87-0.90x on one thread and from 0.82-0.85x to
+  // 0.89-0.94x on two (bench/gemm, two builds interleaved).
+  const index_t n_panels = (N + NR - 1) / NR;
+  const bool single_block_fits = first_tile_can_pack_b &&
+                                 M * std::min<index_t>(K, Kernel::kc) <= single_block_rows * Kernel::kc &&
+                                 n_panels >= threads * single_block_min_panels;
+  // A^T read by rows (a_by_rows) makes one block too while the block stays in L2 (a_block_l2_bytes,
+  // which a copy of the rows then fills): each K block then reads whole stored rows, one sequential
+  // stream, instead of a part of each row per block of rows, which the hardware prefetchers follow
+  // less well. 288 x 16 x 16384 ran 1.39-1.44x faster in the bf16 compute mode (A^T copied and
+  // rounded) and 1.03-1.08x in fp32 (A^T in place) on a Zen 3 core (two builds interleaved).
+  const bool by_rows_block_fits =
+      a_by_rows && static_cast<std::size_t>(M * std::min<index_t>(K, Kernel::kc)) * sizeof(float) <= a_block_l2_bytes;
+  const bool single_block =
+      ((M <= single_block_rows || single_block_fits) && N > single_block_min_panels * NR) || by_rows_block_fits;
+  index_t count = single_block ? 1 : (M + Kernel::mc - 1) / Kernel::mc;
+  if constexpr (requires { Kernel::block_rows(K); }) { // a kernel whose blocks depend on the depth
+    if (!single_block) {
+      const index_t rows_per_block = Kernel::block_rows(std::min<index_t>(K, Kernel::kc));
+      count = (M + rows_per_block - 1) / rows_per_block;
+    }
+  }
+  if (count > threads) {
+    count = std::min(m_panels, (count + threads - 1) / threads * threads);
+  }
+  return row_blocks{.count = count,
+                    .rows = M,
+                    .panel_rows = MR,
+                    .threads = threads,
+                    .split_per_thread = count >= threads && count % threads == 0};
+}
+
 template <class Kernel, bool Round, class TA, class TB, class TC> void
 gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const typename Kernel::packed* prepacked_b) {
   using packed = typename Kernel::packed;
@@ -175,72 +264,14 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
       std::is_same_v<TC, float> && !(p.residual.data == p.c.data && p.residual.data != nullptr && K > Kernel::kc);
 
   const int threads = effective_threads(ctx);
-  // Row blocks: one up to single_block_rows rows when B is wider than a few panels (each B panel
-  // then has one user, which packs it just before use); otherwise blocks of at most MC rows, as
-  // many as a multiple of the thread count when there are more blocks than threads, sharing the
-  // MR-row panels out evenly: 1024 rows on 2 threads are 10 blocks of 7 or 8 panels, not 8 of 126
-  // rows and a 16-row ninth, which would leave one thread idle.
-  const index_t m_panels = (M + MR - 1) / MR;
   // Whether the first tile of a panel can read B from its storage and pack it for the others (see
   // b_packed_by_first_tile below).
   bool first_tile_can_pack_b = false;
   if constexpr (requires { Kernel::template packs_b_in_first_tile<Round, TB>; }) {
     first_tile_can_pack_b = Kernel::template packs_b_in_first_tile<Round, TB> && !b.transposed && M >= MR;
   }
-  // Over a short K (the weight gradients of 256 tokens), a block as large as that of
-  // single_block_rows rows at full depth holds more rows: 768 x 2304 x 256 then reads B once, as
-  // its first tiles pack it, instead of packing it first and reading it back for each of 7 MC
-  // blocks. Only while every thread still gets several panels of B, which are what the threads
-  // share with one block of rows, and only where the first tiles pack B: packed in a pass of its
-  // own, as the bf16 kernels' pair layout is, 768 x 768 x 256 in bf16 lost 4-5%. In fp32,
-  // 768x3072x256_dW went from 0.83-0.88x oneDNN to 0.87-0.90x on one thread and from 0.82-0.85x to
-  // 0.89-0.94x on two (bench/gemm, two builds interleaved).
-  const index_t n_panels = (N + NR - 1) / NR;
-  const bool single_block_fits = first_tile_can_pack_b &&
-                                 M * std::min<index_t>(K, Kernel::kc) <= single_block_rows * Kernel::kc &&
-                                 n_panels >= threads * single_block_min_panels;
-  // A^T read by rows (a_by_rows) makes one block too while the block stays in L2 (a_block_l2_bytes,
-  // which a copy of the rows then fills): each K block then reads whole stored rows, one sequential
-  // stream, instead of a part of each row per block of rows, which the hardware prefetchers follow
-  // less well. 288 x 16 x 16384 ran 1.39-1.44x faster in the bf16 compute mode (A^T copied and
-  // rounded) and 1.03-1.08x in fp32 (A^T in place) on a Zen 3 core (two builds interleaved).
-  const bool by_rows_block_fits =
-      a_by_rows && static_cast<std::size_t>(M * std::min<index_t>(K, Kernel::kc)) * sizeof(float) <= a_block_l2_bytes;
-  const bool single_block =
-      ((M <= single_block_rows || single_block_fits) && N > single_block_min_panels * NR) || by_rows_block_fits;
-  index_t ic_blocks = single_block ? 1 : (M + Kernel::mc - 1) / Kernel::mc;
-  if constexpr (requires { Kernel::block_rows(K); }) { // a kernel whose blocks depend on the depth
-    if (!single_block) {
-      const index_t rows_per_block = Kernel::block_rows(std::min<index_t>(K, Kernel::kc));
-      ic_blocks = (M + rows_per_block - 1) / rows_per_block;
-    }
-  }
-  if (ic_blocks > threads) {
-    ic_blocks = std::min(m_panels, (ic_blocks + threads - 1) / threads * threads);
-  }
-  // When each thread gets the same number of blocks (block b goes to thread b % threads), the rows
-  // are first split exactly among the threads and each thread's share is then cut into panels, so
-  // that the only short panel is the last of each share: 768 rows are 55 panels, 28 for one thread
-  // and 27 for the other when split as panels, but 27 and a 6-row one for each when split as rows.
-  // Each thread's rows are then also contiguous. On two threads the 768-row weight gradients went
-  // from 0.80-0.93x to 0.91-0.94x oneDNN (bench/gemm, two builds interleaved).
-  const bool rows_per_thread = ic_blocks >= threads && ic_blocks % threads == 0;
-  const auto row_block = [&](index_t block) {
-    if (!rows_per_thread) {
-      const range panels_of_block = split_evenly(m_panels, static_cast<int>(ic_blocks), static_cast<int>(block));
-      return range{panels_of_block.begin * MR, std::min(M, panels_of_block.end * MR)};
-    }
-    const range share = split_evenly(M, threads, static_cast<int>(block % threads));
-    const index_t share_panels = (share.end - share.begin + MR - 1) / MR;
-    const range panels_of_block =
-        split_evenly(share_panels, static_cast<int>(ic_blocks / threads), static_cast<int>(block / threads));
-    return range{share.begin + panels_of_block.begin * MR, std::min(share.end, share.begin + panels_of_block.end * MR)};
-  };
-  index_t max_block_rows = 0;
-  for (index_t block = 0; block < ic_blocks; ++block) {
-    const range rows = row_block(block);
-    max_block_rows = std::max(max_block_rows, (rows.end - rows.begin + MR - 1) / MR * MR);
-  }
+  const row_blocks blocks = plan_row_blocks<Kernel>(M, N, K, threads, first_tile_can_pack_b, a_by_rows);
+  const index_t ic_blocks = blocks.count, max_block_rows = blocks.max_rows();
   const bool a_far = static_cast<std::size_t>(max_block_rows * Kernel::padded_depth(std::min<index_t>(K, Kernel::kc))) *
                          sizeof(packed) >
                      a_block_l2_bytes;
@@ -291,7 +322,7 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
       alignas(64) float tile[MR * NR];
       for (index_t item = thread; item < items; item += thread_count) {
         const index_t k_share = item % k_shares, column_item = item / k_shares;
-        const range rows = row_block(column_item / splits);
+        const range rows = blocks.of(column_item / splits);
         const index_t ic = rows.begin, mc = rows.end - rows.begin;
         const range share = split_evenly(panels, static_cast<int>(splits), static_cast<int>(column_item % splits));
         const range k_range = split_evenly(k_blocks, static_cast<int>(k_shares), static_cast<int>(k_share));
