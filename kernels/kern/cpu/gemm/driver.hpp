@@ -110,7 +110,8 @@ const typename Kernel::packed* pack_b_for_use(const op_view<TB>& b, index_t row0
 // for: with the operands 16 bytes past a line, 768x2304x256_dW went from 0.79-0.86x oneDNN to
 // 0.83-0.89x on one thread and from 0.73-0.91x to 0.87-0.89x on two (bench/gemm, two builds
 // interleaved).
-inline void prefetch_tile(const void* tile, index_t stride, index_t rows, index_t bytes) {
+// A template on Arch for the reason given at row_blocks.
+template <class Arch> void prefetch_tile(const void* tile, index_t stride, index_t rows, index_t bytes) {
   const auto* base = static_cast<const char*>(tile);
   const auto first_line = -static_cast<index_t>(reinterpret_cast<std::uintptr_t>(tile) % 64);
   for (index_t i = 0; i < rows; ++i) {
@@ -147,11 +148,15 @@ void add_k_shares(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, ind
   });
 }
 
-// The blocks of rows of C, one packed block of A each; block b goes to thread b % threads.
-struct row_blocks {
+// The blocks of rows of C, one packed block of A each; block b goes to thread b % threads. A
+// template on the kernel so that each ISA's translation unit has its own: a plain inline function,
+// compiled in each of them with that ISA's flags, is one function to the linker, which keeps one
+// of the copies (in the sanitizer build, which did not inline it, the AVX-512 copy ran on an AVX2
+// machine and stopped on an illegal instruction).
+template <class Kernel> struct row_blocks {
+  static constexpr index_t panel_rows = Kernel::mr;
   index_t count = 1;
-  index_t rows = 0;       // M
-  index_t panel_rows = 1; // MR
+  index_t rows = 0; // M
   int threads = 1;
   // When each thread gets the same number of blocks, the rows are first split exactly among the
   // threads and each thread's share is then cut into panels, so that the only short panel is the
@@ -194,8 +199,8 @@ struct row_blocks {
 // rows and a 16-row ninth, which would leave one thread idle. first_tile_can_pack_b: the first
 // tile of each panel of B packs it (b_packed_by_first_tile in gemm_blocked); a_by_rows: A^T's
 // full panels are read with a run-time k step under a B of one panel.
-template <class Kernel>
-row_blocks plan_row_blocks(index_t M, index_t N, index_t K, int threads, bool first_tile_can_pack_b, bool a_by_rows) {
+template <class Kernel> row_blocks<Kernel> plan_row_blocks(index_t M, index_t N, index_t K, int threads,
+                                                           bool first_tile_can_pack_b, bool a_by_rows) {
   constexpr int MR = Kernel::mr, NR = Kernel::nr;
   const index_t m_panels = (M + MR - 1) / MR;
   // Over a short K (the weight gradients of 256 tokens), a block as large as that of
@@ -229,11 +234,8 @@ row_blocks plan_row_blocks(index_t M, index_t N, index_t K, int threads, bool fi
   if (count > threads) {
     count = std::min(m_panels, (count + threads - 1) / threads * threads);
   }
-  return row_blocks{.count = count,
-                    .rows = M,
-                    .panel_rows = MR,
-                    .threads = threads,
-                    .split_per_thread = count >= threads && count % threads == 0};
+  return row_blocks<Kernel>{
+      .count = count, .rows = M, .threads = threads, .split_per_thread = count >= threads && count % threads == 0};
 }
 
 template <class Kernel, bool Round, class TA, class TB, class TC> void
@@ -270,7 +272,7 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
   if constexpr (requires { Kernel::template packs_b_in_first_tile<Round, TB>; }) {
     first_tile_can_pack_b = Kernel::template packs_b_in_first_tile<Round, TB> && !b.transposed && M >= MR;
   }
-  const row_blocks blocks = plan_row_blocks<Kernel>(M, N, K, threads, first_tile_can_pack_b, a_by_rows);
+  const row_blocks<Kernel> blocks = plan_row_blocks<Kernel>(M, N, K, threads, first_tile_can_pack_b, a_by_rows);
   const index_t ic_blocks = blocks.count, max_block_rows = blocks.max_rows();
   const bool a_far = static_cast<std::size_t>(max_block_rows * Kernel::padded_depth(std::min<index_t>(K, Kernel::kc))) *
                          sizeof(packed) >
@@ -396,15 +398,15 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
               // of them before the epilogue reads them.
               const index_t row_bytes = t.ld_partial * index_t{sizeof(float)}, tile_bytes = nr * index_t{sizeof(float)};
               if (ir == 0) {
-                prefetch_tile(t.partial, row_bytes, std::min<index_t>(MR, mc), tile_bytes);
+                prefetch_tile<arch>(t.partial, row_bytes, std::min<index_t>(MR, mc), tile_bytes);
               }
               if (ir + MR < mc) {
-                prefetch_tile(t.partial + MR * t.ld_partial, row_bytes, std::min<index_t>(MR, mc - ir - MR),
-                              tile_bytes);
+                prefetch_tile<arch>(t.partial + MR * t.ld_partial, row_bytes, std::min<index_t>(MR, mc - ir - MR),
+                                    tile_bytes);
               }
               const bool full_tile = ir + MR <= mc && nr == NR;
               const bool from_registers = full_tile && !(t.last && has_epilogue(t)); // C updated from them
-              const auto ask_for_c = [&] { prefetch_tile(t.partial, row_bytes, MR, tile_bytes); };
+              const auto ask_for_c = [&] { prefetch_tile<arch>(t.partial, row_bytes, MR, tile_bytes); };
               const auto finish = [&](index_t i, const auto& values) { finish_row<arch>(t, i, values); };
               if constexpr (requires { Kernel::template packs_b_in_first_tile<Round, TB>; }) {
                 if (first_tile_packs_b && ir == 0) { // a full tile: M >= MR and a whole panel
