@@ -26,14 +26,15 @@ endfunction()
 kern_add_isa_kernels(kern_isa_kernels)
 kern_add_isa_kernels(kern_isa_kernels_amx_emulated FAMILIES gemm DEFINITIONS KERN_CPU_AMX_EMULATED=1)
 
-# kern_add_test(NAME source... [LIBS lib...] [EACH_ISA | ISA_DISPATCH | AT_ISA level AS variant]
+# kern_add_test(NAME source... [LIBS lib...] [EACH_ISA [AMX] | ISA_DISPATCH | AT_ISA level AS variant]
 # [KERNELS library]): one GoogleTest program, its tests discovered by ctest. ISA_DISPATCH links the
 # kernels compiled for every ISA (KERNELS, kern_isa_kernels by default), run at the machine's best;
-# EACH_ISA does so and registers the tests once per ISA level, forced with KERN_ISA (a level above
-# the machine's runs at the machine's); a sanitizer build runs them once, at the machine's level, to
-# keep CI short. AT_ISA registers them once, at `level`, named "/isa:<variant>", in every build.
+# EACH_ISA does so and registers the tests once per ISA level, forced with KERN_ISA, and with AMX at
+# the amx level too, for kernels that have an AMX path (ctest skips the levels above the machine's:
+# tests/support/isa_level.hpp); a sanitizer build runs them once, at the machine's level, to keep CI
+# short. AT_ISA registers them once, at `level`, named "/isa:<variant>", in every build.
 function(kern_add_test name)
-  cmake_parse_arguments(arg "EACH_ISA;ISA_DISPATCH" "AT_ISA;AS;KERNELS" "LIBS" ${ARGN})
+  cmake_parse_arguments(arg "EACH_ISA;AMX;ISA_DISPATCH" "AT_ISA;AS;KERNELS" "LIBS" ${ARGN})
   add_executable(${name} ${arg_UNPARSED_ARGUMENTS})
   target_include_directories(${name} PRIVATE "${PROJECT_SOURCE_DIR}/tests")
   target_link_libraries(${name} PRIVATE kern::kern kern_warnings GTest::gtest GTest::gtest_main ${arg_LIBS})
@@ -43,13 +44,18 @@ function(kern_add_test name)
     endif()
     target_link_libraries(${name} PRIVATE ${arg_KERNELS})
   endif()
+  # Exit code 77: KERN_ISA is above the CPU's level and the program ran nothing (isa_level.hpp).
   if(arg_AT_ISA)
     gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 TEST_SUFFIX "/isa:${arg_AS}"
-      PROPERTIES ENVIRONMENT "KERN_ISA=${arg_AT_ISA}")
+      PROPERTIES ENVIRONMENT "KERN_ISA=${arg_AT_ISA}" SKIP_RETURN_CODE 77)
   elseif(arg_EACH_ISA AND NOT CMAKE_CXX_FLAGS MATCHES "-fsanitize")
-    foreach(level avx512_bf16 avx512 avx2 sse2)
+    set(levels avx512_bf16 avx512 avx2 sse2)
+    if(arg_AMX)
+      list(PREPEND levels amx)
+    endif()
+    foreach(level ${levels})
       gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 TEST_SUFFIX "/isa:${level}"
-        PROPERTIES ENVIRONMENT "KERN_ISA=${level}")
+        PROPERTIES ENVIRONMENT "KERN_ISA=${level}" SKIP_RETURN_CODE 77)
     endforeach()
   else()
     gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60)

@@ -29,6 +29,7 @@
 #include <gtest/gtest.h>
 
 #include "kern/cpu.hpp"
+#include "support/isa_level.hpp"
 
 namespace {
 

@@ -24,6 +24,7 @@
 #include "kern/core/dtype.hpp"
 #include "kern/core/error.hpp"
 #include "kern/core/view.hpp"
+#include "support/isa_level.hpp"
 
 namespace kern::test {
 
