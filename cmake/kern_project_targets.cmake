@@ -44,10 +44,11 @@ function(kern_add_test name)
     endif()
     target_link_libraries(${name} PRIVATE ${arg_KERNELS})
   endif()
-  # Exit code 77: KERN_ISA is above the CPU's level and the program ran nothing (isa_level.hpp).
+  # KERN_ISA above the CPU's level: the program ran nothing (isa_above_cpu_exit_code, isa_level.hpp).
+  set(isa_above_cpu_exit_code 77)
   if(arg_AT_ISA)
     gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 TEST_SUFFIX "/isa:${arg_AS}"
-      PROPERTIES ENVIRONMENT "KERN_ISA=${arg_AT_ISA}" SKIP_RETURN_CODE 77)
+      PROPERTIES ENVIRONMENT "KERN_ISA=${arg_AT_ISA}" SKIP_RETURN_CODE ${isa_above_cpu_exit_code})
   elseif(arg_EACH_ISA AND NOT CMAKE_CXX_FLAGS MATCHES "-fsanitize")
     set(levels avx512_bf16 avx512 avx2 sse2)
     if(arg_AMX)
@@ -55,7 +56,7 @@ function(kern_add_test name)
     endif()
     foreach(level ${levels})
       gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 TEST_SUFFIX "/isa:${level}"
-        PROPERTIES ENVIRONMENT "KERN_ISA=${level}" SKIP_RETURN_CODE 77)
+        PROPERTIES ENVIRONMENT "KERN_ISA=${level}" SKIP_RETURN_CODE ${isa_above_cpu_exit_code})
     endforeach()
   else()
     gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60)
