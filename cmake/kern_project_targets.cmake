@@ -63,15 +63,19 @@ function(kern_add_test name)
   endif()
 endfunction()
 
-# kern_add_bench(NAME source... [LIBS lib...] [ISA_DISPATCH]): one Google Benchmark program;
-# ISA_DISPATCH links the kernels compiled for every ISA (kern_isa_kernels), chosen at run time.
+# kern_add_bench(NAME source... [LIBS lib...] [ISA_DISPATCH [KERNELS library]]): one Google Benchmark
+# program; ISA_DISPATCH links the kernels compiled for every ISA (KERNELS, kern_isa_kernels by
+# default), chosen at run time.
 function(kern_add_bench name)
-  cmake_parse_arguments(arg "ISA_DISPATCH" "" "LIBS" ${ARGN})
+  cmake_parse_arguments(arg "ISA_DISPATCH" "KERNELS" "LIBS" ${ARGN})
   add_executable(${name} ${arg_UNPARSED_ARGUMENTS})
   target_include_directories(${name} PRIVATE "${PROJECT_SOURCE_DIR}/bench")
   target_link_libraries(${name} PRIVATE kern::kern kern_warnings benchmark::benchmark kern_bench_main ${arg_LIBS})
   if(arg_ISA_DISPATCH)
-    target_link_libraries(${name} PRIVATE kern_isa_kernels)
+    if(NOT arg_KERNELS)
+      set(arg_KERNELS kern_isa_kernels)
+    endif()
+    target_link_libraries(${name} PRIVATE ${arg_KERNELS})
   endif()
 endfunction()
 

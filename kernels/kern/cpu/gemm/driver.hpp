@@ -483,8 +483,8 @@ template <class Arch> constexpr bool has_amx_kernel() {
 #endif
 }
 
-// Whether bf16 work (use_bf16_dot) goes to the AMX kernel: all of it does, every M, so that small
-// M and a pre-packed B give the same bits as the blocked path.
+// Whether bf16 work (use_bf16_dot) goes to the AMX kernel: all of it does, M <= 4 to its small-M
+// form (amx_small_m_kernel, which reads the same pre-packed B).
 template <class Arch> bool use_amx() {
 #if defined(KERN_HAVE_AMX_KERNEL)
   return has_amx_kernel<Arch>() && active_isa() >= amx_kernel_isa;
@@ -513,8 +513,8 @@ template <class Arch, class Fn> void with_kernel(bool dot, bool small, bool narr
   using tag_exact = std::false_type;
 #if defined(KERN_HAVE_AMX_KERNEL)
   if constexpr (has_amx_kernel<Arch>()) {
-    if (dot && use_amx<Arch>()) { // MR = 32 for every M; rounds to bf16 itself, as the pair kernel
-      fn(amx_kernel<Arch>{}, tag_exact{});
+    if (dot && use_amx<Arch>()) { // rounds to bf16 itself, as the pair kernel
+      small ? fn(amx_small_m_kernel<Arch>{}, tag_exact{}) : fn(amx_kernel<Arch>{}, tag_exact{});
       return;
     }
   }

@@ -18,11 +18,11 @@
 // Blocks: KC = 512 (the kc x 32 B micro-panel is 32 KiB: it stays in L1 while the 32 KiB A
 // micro-panels of the row block stream past it from L2), MC = 512 (512 KiB of packed A in L2: 2 MiB
 // per core on Sapphire Rapids, 1 MiB on the machines that test it emulated), NC = 1024. Not tuned:
-// this kernel has not run on AMX hardware yet.
+// it has run on one AMX machine, a noisy one (docs/kernels/gemm.md).
 //
-// Every M uses MR = 32 (rows beyond M are zeros), so small M, pre-packed B and the blocked path
-// are one instance and give the same bits. The tile configuration is loaded once per thread and
-// GEMM call (prepare_thread) and stays loaded afterwards.
+// M > 4 uses MR = 32 (rows beyond M are zeros), so a pre-packed B and the blocked path are one
+// instance and give the same bits; M <= 4 runs amx_small_m_kernel (below). The tile configuration
+// is loaded once per thread and GEMM call (prepare_thread) and stays loaded afterwards.
 #pragma once
 
 #include "kern/cpu/gemm/amx_tiles.hpp"
@@ -190,6 +190,31 @@ inline constexpr isa amx_kernel_isa = isa::avx512_bf16;
 template <class Arch> using amx_kernel = amx_bf16_kernel<Arch, amx_hardware_tiles<Arch>>;
 inline constexpr isa amx_kernel_isa = isa::amx;
 #endif
+
+// Decode (M <= 4) where the AMX kernel runs the rest of the bf16 work. On tiles, four rows fill an
+// eighth of each A tile, and B is packed on every call: read, written and read again, where decode
+// only needs to read it once (bf16 weights at 58% of the triad on an Emerald Rapids core, fp32
+// weights at 139%). The AVX512-BF16 kernel with four rows streams B unpacked instead (small_m.hpp);
+// here it takes the AMX kernel's K blocks and packed-B layout (depth padded to 32), so that a B
+// pre-packed for the AMX kernel serves it as it is and gives the bits of an unpacked call. Its sums
+// are vdpbf16ps's, not tdpbf16ps's: a decode step and a prompt of more rows agree to the
+// tolerances, not to the bit.
+template <class Arch> struct amx_small_m_kernel : bf16_dot_kernel<Arch, 4> {
+  using tiles_kernel = amx_kernel<Arch>;
+  using packed = typename tiles_kernel::packed;
+  static constexpr int kc = tiles_kernel::kc;
+  static constexpr int nc = tiles_kernel::nc;
+  static_assert(bf16_dot_kernel<Arch, 4>::nr == tiles_kernel::nr &&
+                    bf16_dot_kernel<Arch, 4>::panel_ld == tiles_kernel::panel_ld,
+                "one k-pair panel layout");
+
+  static constexpr index_t padded_depth(index_t depth) { return tiles_kernel::padded_depth(depth); }
+
+  template <bool Round, class T>
+  static void pack_b(const op_view<T>& b, index_t row0, index_t depth, index_t col0, index_t cols, packed* panel) {
+    tiles_kernel::template pack_b<Round>(b, row0, depth, col0, cols, panel);
+  }
+};
 
 } // namespace kern::cpu::detail
 
