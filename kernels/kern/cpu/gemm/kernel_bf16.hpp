@@ -185,8 +185,9 @@ template <class Arch, int MR, int NV = 2> struct bf16_dot_kernel {
     }
   }
 
-  // Rows of B can be paired in registers (two loads and two permutes per k pair) when B holds bf16.
-  template <bool Round, class T> static constexpr bool reads_b_directly = NV == 2 && std::is_same_v<T, bf16>;
+  // Rows of B can be paired in registers (two loads and two permutes per k pair), bf16 as they are
+  // and fp32 rounded as they load (the bf16 compute mode: this kernel always rounds fp32 operands).
+  template <bool Round, class T> static constexpr bool reads_b_directly = NV == 2;
 
   // Interleaves row k (low 32 values) and row k + 1 (high 32 values) of `rows` into k pairs for
   // columns 0..15 (first) and 16..31 (second).
@@ -205,27 +206,31 @@ template <class Arch, int MR, int NV = 2> struct bf16_dot_kernel {
     return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh&>(a), reinterpret_cast<__m512bh&>(b));
   }
 
-  // The small-M form, for decode: pairs of bf16 rows of B streamed whole (`width` columns, a
-  // multiple of NR) into fp32 sums acc[i * ld_acc + j] of the first `rows` (<= MR) rows, with the same operation
-  // sequence per element as run(). B rows are `ldb` apart; an odd last row pairs with zeros. B is
-  // bf16, so there is nothing to round whatever Round asks.
-  template <bool Round> static void accumulate_rows(index_t kc_steps, const packed* __restrict a, index_t rows,
-                                                    const bf16* __restrict b, index_t ldb, index_t width,
-                                                    float* __restrict acc, index_t ld_acc) {
+  // The small-M form, for decode: pairs of rows of B streamed whole (`width` columns, a multiple of
+  // NR) into fp32 sums acc[i * ld_acc + j] of the first `rows` (<= MR) rows, with the same operation
+  // sequence per element as run(). B rows are `ldb` apart, bf16, or fp32 rounded to bf16 as they load
+  // (as pack_b rounds them); an odd last row pairs with zeros.
+  template <bool Round, class T> static void accumulate_rows(index_t kc_steps, const packed* __restrict a, index_t rows,
+                                                             const T* __restrict b, index_t ldb, index_t width,
+                                                             float* __restrict acc, index_t ld_acc) {
+    static_assert(NV == 2, "rows of B are paired 32 columns at a time");
     const auto* a32 = reinterpret_cast<const std::int32_t*>(a);
     const index_t pairs = padded_depth(kc_steps) / 2;
+    constexpr index_t values_per_line = 64 / sizeof(T);
     index_t kp = 0;
     // Two pairs (four rows of B) at a time, the next four rows prefetched: several streams in
     // flight (see the fp32 kernel). Each sum still takes its pairs in order.
     for (; 2 * kp + 4 <= kc_steps; kp += 2) {
-      const bf16* row = b + 2 * kp * ldb;
+      const T* row = b + 2 * kp * ldb;
       for (index_t j = 0; j < width; j += nr) {
         for (index_t ahead = 4; ahead < 8; ++ahead) {
-          __builtin_prefetch(row + ahead * ldb + j, 0, 3);
+          for (index_t line = 0; line < nr; line += values_per_line) {
+            __builtin_prefetch(row + ahead * ldb + j + line, 0, 3);
+          }
         }
         __m512i p0_lo, p0_hi, p1_lo, p1_hi;
-        pair_rows(_mm512_loadu_si512(row + j), _mm512_loadu_si512(row + ldb + j), p0_lo, p0_hi);
-        pair_rows(_mm512_loadu_si512(row + 2 * ldb + j), _mm512_loadu_si512(row + 3 * ldb + j), p1_lo, p1_hi);
+        pair_rows(load_bf16x32(row + j), load_bf16x32(row + ldb + j), p0_lo, p0_hi);
+        pair_rows(load_bf16x32(row + 2 * ldb + j), load_bf16x32(row + 3 * ldb + j), p1_lo, p1_hi);
         for (index_t i = 0; i < rows; ++i) {
           const __m512i a0 = _mm512_set1_epi32(a32[kp * MR + i]);
           const __m512i a1 = _mm512_set1_epi32(a32[(kp + 1) * MR + i]);
@@ -236,12 +241,12 @@ template <class Arch, int MR, int NV = 2> struct bf16_dot_kernel {
       }
     }
     for (; kp < pairs; ++kp) {
-      const bf16* row_k = b + 2 * kp * ldb;
+      const T* row_k = b + 2 * kp * ldb;
       const bool has_partner = 2 * kp + 1 < kc_steps;
       for (index_t j = 0; j < width; j += nr) {
         __m512i b0, b1;
-        pair_rows(_mm512_loadu_si512(row_k + j),
-                  has_partner ? _mm512_loadu_si512(row_k + ldb + j) : _mm512_setzero_si512(), b0, b1);
+        pair_rows(load_bf16x32(row_k + j), has_partner ? load_bf16x32(row_k + ldb + j) : _mm512_setzero_si512(), b0,
+                  b1);
         for (index_t i = 0; i < rows; ++i) {
           const __m512i ai = _mm512_set1_epi32(a32[kp * MR + i]);
           float* sum = acc + i * ld_acc + j;
@@ -252,10 +257,9 @@ template <class Arch, int MR, int NV = 2> struct bf16_dot_kernel {
     }
   }
 
-  // The tile += packed A (pairs) times kc_steps rows of B: a packed panel (T = packed, ldb = 2 NR
-  // values per pair), or bf16 rows of B itself `ldb` apart (T = bf16, 32 columns), paired in registers.
-  template <class T> static void run(index_t kc_steps, const packed* __restrict a, const T* __restrict b, index_t ldb,
-                                     float* __restrict tile) {
+  // The tile += packed A (pairs) times a packed panel of kc_steps rows of B (ldb values per pair).
+  static void run(index_t kc_steps, const packed* __restrict a, const packed* __restrict b, index_t ldb,
+                  float* __restrict tile) {
     __m512 acc[MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -268,17 +272,9 @@ template <class Arch, int MR, int NV = 2> struct bf16_dot_kernel {
     const auto* a32 = reinterpret_cast<const std::int32_t*>(a);
     for (index_t kp = 0; kp < pairs; ++kp) {
       __m512i bk[NV];
-      if constexpr (std::is_same_v<T, packed>) {
 #pragma GCC unroll 2
-        for (int v = 0; v < NV; ++v) {
-          bk[v] = _mm512_loadu_si512(b + kp * ldb + v * 2 * lanes);
-        }
-      } else {
-        static_assert(NV == 2, "rows of B are paired 32 columns at a time");
-        const __m512i row_k = _mm512_loadu_si512(b + 2 * kp * ldb);
-        const __m512i row_k1 =
-            2 * kp + 1 < kc_steps ? _mm512_loadu_si512(b + (2 * kp + 1) * ldb) : _mm512_setzero_si512();
-        pair_rows(row_k, row_k1, bk[0], bk[1]);
+      for (int v = 0; v < NV; ++v) {
+        bk[v] = _mm512_loadu_si512(b + kp * ldb + v * 2 * lanes);
       }
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {
