@@ -430,8 +430,9 @@ std::string onednn_isa_name(dnnl_cpu_isa_t isa) {
 }
 #endif
 
-// What each peer is and which kernels it uses, in the JSON context.
+// What each peer is and which kernels it uses, in the JSON context; and kern's kernel for bf16 work.
 void describe_peers() {
+  benchmark::AddCustomContext("kern_gemm_bf16", std::string(kern::cpu::detail::gemm_bf16_kernel_name()));
 #if defined(KERN_BENCH_HAVE_OPENBLAS)
   benchmark::AddCustomContext("openblas", std::string(openblas_get_config()) + " core " + openblas_get_corename());
 #endif
