@@ -208,7 +208,7 @@ template <class Kernel> row_blocks<Kernel> plan_row_blocks(index_t M, index_t N,
   // its first tiles pack it, instead of packing it first and reading it back for each of 7 MC
   // blocks. Only while every thread still gets several panels of B, which are what the threads
   // share with one block of rows, and only where the first tiles pack B: packed in a pass of its
-  // own, as the bf16 kernels' pair layout is, 768 x 768 x 256 in bf16 lost 4-5%. In fp32,
+  // own, as the AMX kernel's panels are, 768 x 768 x 256 in bf16 lost 4-5%. In fp32,
   // 768x3072x256_dW went from 0.83-0.88x oneDNN to 0.87-0.90x on one thread and from 0.82-0.85x to
   // 0.89-0.94x on two (bench/gemm, two builds interleaved).
   const index_t n_panels = (N + NR - 1) / NR;
@@ -268,12 +268,20 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
   const int threads = effective_threads(ctx);
   // Whether the first tile of a panel can read B from its storage and pack it for the others (see
   // b_packed_by_first_tile below).
-  bool first_tile_can_pack_b = false;
-  if constexpr (requires { Kernel::template packs_b_in_first_tile<Round, TB>; }) {
-    first_tile_can_pack_b = Kernel::template packs_b_in_first_tile<Round, TB> && !b.transposed && M >= MR;
-  }
+  constexpr bool first_tile_packing_possible = [] {
+    if constexpr (requires { Kernel::template packs_b_in_first_tile<Round, TB>; }) {
+      return Kernel::template packs_b_in_first_tile<Round, TB>;
+    }
+    return false;
+  }();
+  const bool first_tile_can_pack_b = first_tile_packing_possible && !b.transposed && M >= MR;
   const row_blocks<Kernel> blocks = plan_row_blocks<Kernel>(M, N, K, threads, first_tile_can_pack_b, a_by_rows);
   const index_t ic_blocks = blocks.count, max_block_rows = blocks.max_rows();
+  // Whether the kernel can hand a finished tile's rows to the epilogue from its registers (run_rows).
+  constexpr bool updates_c_from_registers = requires(const packed* x) {
+    Kernel::run_rows(
+        index_t{}, x, x, NR, [] {}, [](index_t, const auto&) {});
+  };
   const bool a_far = static_cast<std::size_t>(max_block_rows * Kernel::padded_depth(std::min<index_t>(K, Kernel::kc))) *
                          sizeof(packed) >
                      a_block_l2_bytes;
@@ -408,22 +416,21 @@ gemm_blocked(const context& ctx, const ops::gemm_params<TA, TB, TC>& p, const ty
               const bool from_registers = full_tile && !(t.last && has_epilogue(t)); // C updated from them
               const auto ask_for_c = [&] { prefetch_tile<arch>(t.partial, row_bytes, MR, tile_bytes); };
               const auto finish = [&](index_t i, const auto& values) { finish_row<arch>(t, i, values); };
-              if constexpr (requires { Kernel::template packs_b_in_first_tile<Round, TB>; }) {
+              if constexpr (first_tile_packing_possible) {
                 if (first_tile_packs_b && ir == 0) { // a full tile: M >= MR and a whole panel
                   const TB* b_rows = b.data + pc * b.ld + jc + jr;
-                  if (from_registers) {
-                    Kernel::run_rows(kc, a_panel, b_rows, b.ld, ask_for_c, finish, a_k_step, a_far, panel_b);
-                  } else {
-                    Kernel::run(kc, a_panel, b_rows, b.ld, tile, a_k_step, panel_b);
-                    write_tile<arch>(tile, NR, MR, NR, t);
+                  if constexpr (updates_c_from_registers) {
+                    if (from_registers) {
+                      Kernel::run_rows(kc, a_panel, b_rows, b.ld, ask_for_c, finish, a_k_step, a_far, panel_b);
+                      continue;
+                    }
                   }
+                  Kernel::run(kc, a_panel, b_rows, b.ld, tile, a_k_step, panel_b);
+                  write_tile<arch>(tile, NR, MR, NR, t);
                   continue;
                 }
               }
-              if constexpr (requires(const packed* x) {
-                              Kernel::run_rows(
-                                  kc, x, x, NR, [] {}, [](index_t, const auto&) {});
-                            }) {
+              if constexpr (updates_c_from_registers) {
                 if (from_registers) {
                   Kernel::run_rows(kc, a_panel, b_panel, Kernel::panel_ld, ask_for_c, finish, a_k_step, a_far);
                   continue;

@@ -257,9 +257,17 @@ template <class Arch, int MR, int NV = 2> struct bf16_dot_kernel {
     }
   }
 
-  // The tile += packed A (pairs) times a packed panel of kc_steps rows of B (ldb values per pair).
-  static void run(index_t kc_steps, const packed* __restrict a, const packed* __restrict b, index_t ldb,
-                  float* __restrict tile) {
+  // Whether the blocked path's first tile of a panel packs it while it computes (run with b_copy):
+  // the rows it pairs in registers are the panel's k pairs, stored as they are made.
+  template <bool Round, class T> static constexpr bool packs_b_in_first_tile = NV == 2;
+
+  // The tile += packed A (pairs) times kc_steps rows of B: a packed panel (ldb values per pair), or
+  // with b_copy the rows of B itself (`ldb` apart; bf16, or fp32 rounded as it loads), paired in
+  // registers and stored to b_copy as the panel pack_b makes of them (zero partner for an odd last
+  // row). The blocked path reads A packed: a_k_step is always MR here.
+  template <class T> static void run(index_t kc_steps, const packed* __restrict a, const T* __restrict b, index_t ldb,
+                                     float* __restrict tile, [[maybe_unused]] index_t a_k_step = MR,
+                                     packed* __restrict b_copy = nullptr) {
     __m512 acc[MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -272,9 +280,18 @@ template <class Arch, int MR, int NV = 2> struct bf16_dot_kernel {
     const auto* a32 = reinterpret_cast<const std::int32_t*>(a);
     for (index_t kp = 0; kp < pairs; ++kp) {
       __m512i bk[NV];
+      if constexpr (std::is_same_v<T, packed>) {
 #pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) {
-        bk[v] = _mm512_loadu_si512(b + kp * ldb + v * 2 * lanes);
+        for (int v = 0; v < NV; ++v) {
+          bk[v] = _mm512_loadu_si512(b + kp * ldb + v * 2 * lanes);
+        }
+      } else {
+        static_assert(NV == 2, "rows of B are paired 32 columns at a time");
+        const T* row_k = b + 2 * kp * ldb;
+        pair_rows(load_bf16x32(row_k), 2 * kp + 1 < kc_steps ? load_bf16x32(row_k + ldb) : _mm512_setzero_si512(),
+                  bk[0], bk[1]);
+        _mm512_store_si512(b_copy + kp * panel_ld, bk[0]);
+        _mm512_store_si512(b_copy + kp * panel_ld + 2 * lanes, bk[1]);
       }
 #pragma GCC unroll 16
       for (int i = 0; i < MR; ++i) {

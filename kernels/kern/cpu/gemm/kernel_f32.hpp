@@ -297,8 +297,7 @@ template <class Arch, int MR, int NV = 2> struct f32_fma_kernel {
   // Zen 3 core, reading B in place at 0.83-0.87x.
   template <bool Round, class T> static constexpr bool reads_b_directly = true;
   // Whether the blocked path's first tile of a panel packs it while it computes (b_copy in
-  // run_rows): only where no rounding is needed, and only this kernel's run_rows takes a b_copy
-  // (the bf16 kernels read B directly too, but their packed B is in k pairs, not B's rows).
+  // run_rows): only where no rounding is needed.
   template <bool Round, class T> static constexpr bool packs_b_in_first_tile = !Round;
 
   // One row of A: sums[0, V vectors) += A(0, :) B(:, V vectors), the sums in registers while the
